@@ -1,0 +1,425 @@
+"""The `radflow` command: argument parsing and file I/O; the work happens in stage modules."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from radflow import manifest as manifest_mod
+from radflow import params as params_mod
+from radflow.fileio import atomic_write, atomic_write_text, read_json, write_json
+
+log = logging.getLogger("radflow")
+
+Handler = Callable[[argparse.Namespace, dict[str, Any]], None]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _replace_dir(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a directory output beside target and swap it in: complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.save(fh, array)
+
+    atomic_write(path, write)
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run the stage that writes it first")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _load_processed(data_dir: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    index = _read_csv(data_dir / "index.csv")
+    index["array_index"] = index["array_index"].astype(int)
+    index["has_mask"] = index["has_mask"].astype(int)
+    return np.load(data_dir / "images.npy"), np.load(data_dir / "masks.npy"), index
+
+
+def _read_split(path: Path) -> pd.DataFrame:
+    split = _read_csv(path)
+    split["array_index"] = split["array_index"].astype(int)
+    return split
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def cmd_demo(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import demo
+
+    out = Path(args.out)
+    labels: list[pd.DataFrame] = []
+    _replace_dir(
+        out,
+        lambda tmp: labels.append(
+            demo.generate_cohort(tmp, params.get("demo", {}), params["seed"])
+        ),
+    )
+    log.info("demo cohort: %d images written to %s", len(labels[0]), out)
+
+
+def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import ingest
+
+    data = params["data"]
+    labels = Path(data["labels_csv"]) if data.get("labels_csv") else None
+    result = ingest.ingest(Path(data["raw_dir"]), labels)
+    out = Path(args.out)
+    manifest_mod.write(result.manifest, out / "manifest.csv")
+    _write_csv(out / "quarantine.csv", result.quarantine)
+    log.info(
+        "ingest: %d inputs -> %d in manifest + %d quarantined (%s)",
+        result.inputs,
+        len(result.manifest),
+        len(result.quarantine),
+        out / "quarantine.csv",
+    )
+
+
+def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import anonymise
+
+    key, origin = anonymise.load_key(params["anonymise"], params["data"]["source"], os.environ)
+    log.info("anonymise: pseudonymisation key from %s", origin)
+    out = Path(args.out)
+    if args.input:
+        summary = anonymise.anonymise_tree(Path(args.input), out, key)
+        log.info("anonymise: %s", summary)
+        return
+    if not args.manifest:
+        raise SystemExit("radflow anonymise: give --manifest (pipeline) or --in DIR (a tree)")
+    source = manifest_mod.read(args.manifest)
+
+    def build(tmp: Path) -> None:
+        new, audit, quarantine = anonymise.anonymise_manifest(source, tmp, key)
+        manifest_mod.write(_relocate(new, tmp, out), tmp / "manifest.csv")
+        _write_csv(tmp / "audit.csv", audit)
+        _write_csv(tmp / "quarantine.csv", quarantine)
+        log.info(
+            "anonymise: %d images -> %d de-identified + %d quarantined",
+            len(source),
+            len(new),
+            len(quarantine),
+        )
+
+    _replace_dir(out, build)
+
+
+def _relocate(frame: pd.DataFrame, tmp: Path, final: Path) -> pd.DataFrame:
+    """Paths written while building in tmp must name the final directory."""
+    frame = frame.copy()
+    for column in ("source_path", "mask_path"):
+        frame[column] = [str(final / Path(p).relative_to(tmp)) if p else "" for p in frame[column]]
+    return frame
+
+
+def cmd_preprocess(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import imaging, preprocess
+
+    rows = manifest_mod.for_modality(manifest_mod.read(args.manifest), args.modality)
+    if rows.empty:
+        raise SystemExit(
+            f"radflow preprocess: no {args.modality} images in {args.manifest}; "
+            "remove the modality from params.yaml modalities or add data"
+        )
+    images, masks, index = preprocess.build_arrays(
+        rows, params["preprocess"], imaging.load_pixels, imaging.load_mask
+    )
+    out = Path(args.out)
+    _save_npy(out / "images.npy", images)
+    _save_npy(out / "masks.npy", masks)
+    _write_csv(out / "index.csv", index)
+    log.info(
+        "preprocess %s: %d images, %d with masks",
+        args.modality,
+        len(index),
+        int(index["has_mask"].sum()),
+    )
+
+
+def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import split
+
+    index = _read_csv(Path(args.index))
+    sp = params["split"]
+    table = split.assign_splits(index, sp["val_fraction"], sp["test_fraction"], params["seed"])
+    _write_csv(Path(args.out), table)
+    counts = table.groupby(["split", "label"]).size().to_dict()
+    log.info("split %s: %s", args.modality, counts)
+
+
+def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import models, provenance, train
+
+    if params["train"].get("num_threads"):
+        import torch
+
+        torch.set_num_threads(params["train"]["num_threads"])
+    images, masks, index = _load_processed(Path(args.data))
+    split = _read_split(Path(args.split))
+    train_idx = split.loc[split["split"] == "train", "array_index"].to_numpy()
+    val_idx = split.loc[split["split"] == "val", "array_index"].to_numpy()
+    meta: dict[str, Any] = {
+        "task": args.task,
+        "modality": args.modality,
+        "image_size": params["preprocess"]["image_size"],
+        "preprocess": params["preprocess"],
+        "in_chans": 1,
+        "mean": models.MEAN,
+        "std": models.STD,
+        "params_hash": params_mod.params_hash(params),
+        "versions": provenance.versions(),
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+    }
+    out = Path(args.out)
+    if args.task == "classifier":
+        classes = params_mod.classes_for(params, args.modality, list(index["label"]))
+        lookup = {c: i for i, c in enumerate(classes)}
+        labels = np.array([lookup[lab] for lab in index["label"]])
+        result, origin = train.train_classifier(
+            images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"]
+        )
+        cfg = params["train"]["classifier"]
+        meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
+    else:
+        has_mask = index.set_index("array_index")["has_mask"]
+        train_idx = train_idx[has_mask.loc[train_idx].to_numpy() == 1]
+        val_idx = val_idx[has_mask.loc[val_idx].to_numpy() == 1]
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            reason = f"no lesion masks for {args.modality} in the train and val sets"
+            log.warning(
+                "train segmenter %s: %s; writing an untrained marker", args.modality, reason
+            )
+            _replace_dir(
+                out,
+                lambda tmp: write_json(
+                    tmp / "meta.json", meta | {"trained": False, "reason": reason}
+                ),
+            )
+            return
+        result = train.train_segmenter(
+            images, masks, train_idx, val_idx, params["train"], params["seed"]
+        )
+        cfg = params["train"]["segmenter"]
+        meta |= {"arch": "monai.UNet", "channels": cfg["channels"], "weights_origin": "none"}
+    meta |= {
+        "trained": True,
+        "device": result.device,
+        "best_epoch": result.best_epoch,
+        "best_val_metric": result.best_metric,
+    }
+    _replace_dir(out, lambda tmp: models.save_model(tmp, result.state, meta, result.history))
+    log.info(
+        "train %s %s: best epoch %d, val metric %.3f",
+        args.modality,
+        args.task,
+        result.best_epoch,
+        result.best_metric,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import evaluate, models, train
+
+    images, masks, index = _load_processed(Path(args.data))
+    split = _read_split(Path(args.split))
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    classifier, meta = models.load_model(Path(args.models) / "classifier")
+    classes = meta["classes"]
+    y_true = np.array([classes.index(lab) for lab in test["label"]])
+    probs = train.predict_probs(classifier, images[test["array_index"].to_numpy()])
+    ev = params["evaluate"]
+    result = evaluate.classification_metrics(
+        y_true, probs, classes, ev["bootstrap_samples"], ev["ci_level"], params["seed"]
+    )
+    predictions = test[["image_id", "array_index", "patient_key", "label"]].copy()
+    predictions["pred_label"] = [classes[i] for i in probs.argmax(axis=1)]
+    for i, name in enumerate(classes):
+        predictions[f"prob_{name}"] = probs[:, i]
+    out = Path(args.out)
+    seg_summary, seg_table = _evaluate_segmenter(
+        Path(args.models) / "segmenter", images, masks, index, test, ev, params["seed"]
+    )
+    metrics = {
+        "modality": args.modality,
+        "n_test": int(len(test)),
+        "classes": classes,
+        "positive_class": classes[-1],
+        **result,
+        "segmentation": seg_summary,
+        "ci_level": ev["ci_level"],
+        "bootstrap_samples": ev["bootstrap_samples"],
+        "params_hash": params_mod.params_hash(params),
+    }
+    _write_csv(out / "predictions.csv", predictions)
+    _write_csv(out / "roc.csv", evaluate.roc_table(y_true, probs, classes))
+    _write_csv(out / "confusion.csv", evaluate.confusion_table(y_true, probs.argmax(1), classes))
+    _write_csv(out / "segmentation.csv", seg_table)
+    write_json(out / "metrics.json", metrics)
+    auc = result["classification"]["auc"]["value"]
+    log.info("evaluate %s: n_test=%d AUC=%s", args.modality, len(test), auc)
+
+
+def _evaluate_segmenter(
+    seg_dir: Path,
+    images: np.ndarray,
+    masks: np.ndarray,
+    index: pd.DataFrame,
+    test: pd.DataFrame,
+    ev: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any] | None, pd.DataFrame]:
+    from radflow import evaluate, models, train
+
+    empty = pd.DataFrame(columns=["image_id", "dice", "iou", "truth_empty"])
+    if not read_json(seg_dir / "meta.json").get("trained", False):
+        return None, empty
+    has_mask = index.set_index("array_index")["has_mask"]
+    rows = test[has_mask.loc[test["array_index"]].to_numpy() == 1].reset_index(drop=True)
+    if rows.empty:
+        return None, empty
+    model, _ = models.load_model(seg_dir)
+    idx = rows["array_index"].to_numpy()
+    pred = train.predict_masks(model, images[idx])
+    summary, table = evaluate.segmentation_metrics(
+        pred, masks[idx] > 0, ev["bootstrap_samples"], ev["ci_level"], seed
+    )
+    table.insert(0, "image_id", rows["image_id"].to_numpy())
+    return summary, table
+
+
+def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import explain_stage
+
+    explain_stage.run(args, params)
+
+
+def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from radflow import report_stage
+
+    report_stage.run(args, params)
+
+
+def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
+    from radflow import predict
+
+    table = predict.predict_folder(Path(args.model), Path(args.images))
+    _write_csv(Path(args.out), table)
+    log.info("predict: %d images -> %s", len(table), args.out)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, handler: Handler, help_text: str, modality: bool = False):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+        if modality:
+            p.add_argument("--modality", required=True, choices=["mri", "ct", "xray"])
+        p.set_defaults(handler=handler)
+        return p
+
+    p = stage("demo", cmd_demo, "generate the synthetic multi-modality DICOM demo cohort")
+    p.add_argument("--out", required=True)
+    p = stage("ingest", cmd_ingest, "scan data.raw_dir into a manifest and a quarantine table")
+    p.add_argument("--out", required=True, help="folder for manifest.csv and quarantine.csv")
+    p = stage("anonymise", cmd_anonymise, "de-identify DICOM (pipeline manifest or a tree)")
+    p.add_argument("--manifest", help="manifest.csv from ingest")
+    p.add_argument("--in", dest="input", help="a DICOM folder to mirror de-identified")
+    p.add_argument("--out", required=True)
+    p = stage("preprocess", cmd_preprocess, "normalise and resize into arrays", modality=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p = stage("split", cmd_split, "patient-grouped stratified train/val/test", modality=True)
+    p.add_argument("--index", required=True)
+    p.add_argument("--out", required=True)
+    p = stage("train", cmd_train, "fine-tune a classifier or a segmenter", modality=True)
+    p.add_argument("--task", required=True, choices=["classifier", "segmenter"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+    p = stage("evaluate", cmd_evaluate, "test-set metrics with bootstrap CIs", modality=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--models", required=True)
+    p.add_argument("--out", required=True)
+    p = stage("explain", cmd_explain, "explanation overlays for test images", modality=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--out", required=True)
+    p = stage("report", cmd_report, "self-contained HTML report pages")
+    p.add_argument("--modality", choices=["mri", "ct", "xray"])
+    p.add_argument("--index", action="store_true", help="write the index page")
+    p.add_argument("--evaluation")
+    p.add_argument("--explanations")
+    p.add_argument("--models")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("predict", help="apply a trained classifier to a folder of images")
+    p.add_argument("--model", required=True, help="models/<modality>/classifier")
+    p.add_argument("--images", required=True, help="folder searched recursively")
+    p.add_argument("--out", required=True, help="CSV: path and one probability per class")
+    p.set_defaults(handler=cmd_predict, params=None)
+    return parser
+
+
+# Errors that carry a message for the user; anything else is a bug and keeps its traceback.
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        params = params_mod.load(args.params) if args.params else None
+        args.handler(args, params)
+    except KNOWN_ERRORS as exc:
+        print(f"radflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Split: patient-grouped, label-stratified train / val / test assignment.
+
+Grouping by patient is the point: slices of one patient in two sets would leak and
+flatter every metric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLITS = ("train", "val", "test")
+
+
+def _take_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of one stratified group fold holding about `fraction` of the rows."""
+    n_groups = len(np.unique(groups))
+    n_splits = int(min(max(2, round(1 / fraction)), n_groups))
+    # Stratification needs at least n_splits members per class; fewer is still grouped.
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    chosen = np.zeros(len(labels), dtype=bool)
+    chosen[held] = True
+    return chosen
+
+
+def assign_splits(
+    index: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> pd.DataFrame:
+    """One row per image with its split; raises when there are too few patients."""
+    patients = index["patient_key"].nunique()
+    if patients < 3:
+        raise ValueError(
+            f"{patients} patient(s) cannot be split into train/val/test without sharing; "
+            "add data or lower the number of modalities"
+        )
+    labels = index["label"].to_numpy()
+    groups = index["patient_key"].to_numpy()
+    split = np.full(len(index), "train", dtype=object)
+    is_test = _take_fold(labels, groups, test_fraction, seed)
+    split[is_test] = "test"
+    rest = ~is_test
+    val_share = val_fraction / (1 - test_fraction)
+    is_val = _take_fold(labels[rest], groups[rest], val_share, seed + 1)
+    split[np.flatnonzero(rest)[is_val]] = "val"
+    out = index[["image_id", "array_index", "patient_key", "label"]].copy()
+    out["split"] = split
+    return out.reset_index(drop=True)

@@ -1,0 +1,302 @@
+"""Train: fine-tune a timm classifier and a MONAI U-Net on the cached arrays of one modality.
+
+The best epoch (by validation AUC, or Dice for the segmenter) is kept as a deep copy of the
+weights, so later epochs can never overwrite it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.losses import DiceCELoss
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+)
+from monai.utils import set_determinism
+from sklearn.metrics import roc_auc_score
+
+from radflow.models import build_classifier, build_segmenter, normalise_batch
+
+
+@dataclass
+class TrainResult:
+    state: dict[str, torch.Tensor]
+    history: pd.DataFrame
+    best_epoch: int
+    best_metric: float
+    device: str
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+
+
+def select_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is cuda but no CUDA device is visible; use auto or cpu")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def augmentations(aug: dict[str, Any], with_mask: bool) -> Compose:
+    """MONAI dictionary transforms from params; the mask moves with the image."""
+    keys = ["image", "mask"] if with_mask else ["image"]
+    modes = ("bilinear", "nearest") if with_mask else ("bilinear",)
+    degrees = math.radians(aug.get("rotate_degrees", 0))
+    zoom = aug.get("zoom", [1.0, 1.0])
+    transforms = [
+        RandFlipd(keys=keys, prob=aug.get("flip_prob", 0.0), spatial_axis=1),
+        RandAffined(
+            keys=keys,
+            prob=0.8,
+            rotate_range=(degrees,),
+            scale_range=((zoom[0] - 1, zoom[1] - 1),),
+            translate_range=(4, 4),
+            mode=modes,
+            padding_mode="zeros",
+        ),
+        RandAdjustContrastd(
+            keys=["image"], prob=0.5, gamma=tuple(aug.get("contrast_gamma", [1, 1]))
+        ),
+        RandGaussianNoised(keys=["image"], prob=0.5, std=aug.get("noise_std", 0.0)),
+    ]
+    return Compose(transforms)
+
+
+def _augment_batch(
+    images: torch.Tensor, masks: torch.Tensor | None, transform: Compose
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 (B, H, W) -> augmented float [0, 1] (B, 1, H, W) (+ masks)."""
+    out_images, out_masks = [], []
+    for i in range(len(images)):
+        item = {"image": images[i][None].float() / 255.0}
+        if masks is not None:
+            item["mask"] = masks[i][None].float()
+        item = transform(item)
+        out_images.append(torch.as_tensor(item["image"]).clamp(0, 1))
+        if masks is not None:
+            out_masks.append((torch.as_tensor(item["mask"]) > 0.5).float())
+    stacked_masks = torch.stack(out_masks) if masks is not None else None
+    return torch.stack(out_images), stacked_masks
+
+
+def _to_model(x01: torch.Tensor) -> torch.Tensor:
+    return normalise_batch(x01 * 255.0)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, epochs: int, steps: int) -> Any:
+    """One warm-up epoch, then cosine decay to zero."""
+    total, warm = epochs * steps, steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=range(probs.shape[1])))
+
+
+def _autocast(device: torch.device) -> Any:
+    return torch.autocast(
+        device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"
+    )
+
+
+def _fit(
+    model: torch.nn.Module,
+    step: Callable[[np.ndarray, bool], tuple[torch.Tensor, Any]],
+    validate: Callable[[], tuple[float, float]],
+    n_train: int,
+    cfg: dict[str, Any],
+    device: torch.device,
+    seed: int,
+) -> TrainResult:
+    """The shared epoch loop: warm-up + cosine, AMP on CUDA, best-epoch deep copy."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 1e-4)
+    )
+    steps = math.ceil(n_train / cfg["batch_size"])
+    scheduler = _schedule(optimizer, cfg["epochs"], steps)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+    rng = np.random.default_rng(seed)
+    rows, best_state, best_metric, best_epoch = [], None, -math.inf, 0
+    for epoch in range(1, cfg["epochs"] + 1):
+        start, losses = time.perf_counter(), []
+        model.train()
+        for batch in _batches(n_train, cfg["batch_size"], rng):
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device):
+                loss, _ = step(batch, True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(loss.item() * len(batch))
+        model.eval()
+        val_loss, val_metric = validate()
+        score = val_metric if not math.isnan(val_metric) else -val_loss
+        if score > best_metric:
+            best_metric, best_epoch = score, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": sum(losses) / n_train,
+                "val_loss": val_loss,
+                "val_metric": val_metric,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    assert best_state is not None
+    return TrainResult(best_state, pd.DataFrame(rows), best_epoch, best_metric, device.type)
+
+
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    num_classes: int,
+    train_params: dict[str, Any],
+    seed: int,
+) -> tuple[TrainResult, str]:
+    """Fine-tune from pretrained weights; returns the result and the weights' origin."""
+    seed_everything(seed)
+    cfg = train_params["classifier"]
+    device = select_device(train_params.get("device", "auto"))
+    model, origin = build_classifier(cfg["backbone"], cfg["weights"], num_classes)
+    model.to(device)
+    x_train = torch.from_numpy(images[train_idx])
+    y_train = torch.from_numpy(labels[train_idx]).long()
+    counts = torch.bincount(y_train, minlength=num_classes).float().clamp(min=1)
+    weight = (counts.sum() / (num_classes * counts)).to(device)
+    criterion = torch.nn.CrossEntropyLoss(weight=weight)
+    transform = augmentations(train_params.get("augment", {}), with_mask=False)
+
+    def step(batch: np.ndarray, _: bool) -> tuple[torch.Tensor, Any]:
+        x01, _m = _augment_batch(x_train[batch], None, transform)
+        logits = model(_to_model(x01).to(device))
+        return criterion(logits, y_train[batch].to(device)), logits
+
+    x_val, y_val = torch.from_numpy(images[val_idx]), labels[val_idx]
+
+    def validate() -> tuple[float, float]:
+        probs, loss = _predict(model, x_val, device, torch.from_numpy(y_val).long(), criterion)
+        return loss, _auc(y_val, probs)
+
+    return _fit(model, step, validate, len(train_idx), cfg, device, seed), origin
+
+
+@torch.no_grad()
+def _predict(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    targets: torch.Tensor,
+    criterion: torch.nn.Module,
+) -> tuple[np.ndarray, float]:
+    logits = torch.cat(
+        [
+            model(normalise_batch(images[i : i + 64]).to(device)).float().cpu()
+            for i in range(0, len(images), 64)
+        ]
+    )
+    loss = criterion.cpu()(logits, targets).item()
+    criterion.to(device)
+    return torch.softmax(logits, dim=1).numpy(), loss
+
+
+def train_segmenter(
+    images: np.ndarray,
+    masks: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    train_params: dict[str, Any],
+    seed: int,
+) -> TrainResult:
+    """MONAI U-Net with Dice + cross-entropy; validation metric is mean Dice."""
+    seed_everything(seed)
+    cfg = train_params["segmenter"]
+    device = select_device(train_params.get("device", "auto"))
+    model = build_segmenter(cfg["channels"]).to(device)
+    criterion = DiceCELoss(sigmoid=True)
+    transform = augmentations(train_params.get("augment", {}), with_mask=True)
+    x_train, m_train = torch.from_numpy(images[train_idx]), torch.from_numpy(masks[train_idx])
+
+    def step(batch: np.ndarray, _: bool) -> tuple[torch.Tensor, Any]:
+        x01, m = _augment_batch(x_train[batch], m_train[batch], transform)
+        logits = model(_to_model(x01).to(device))
+        return criterion(logits, m.to(device)), logits
+
+    x_val, m_val = torch.from_numpy(images[val_idx]), torch.from_numpy(masks[val_idx])
+
+    @torch.no_grad()
+    def validate() -> tuple[float, float]:
+        logits = model(normalise_batch(x_val).to(device)).float().cpu()
+        truth = m_val[:, None].float()
+        loss = DiceCELoss(sigmoid=True)(logits, truth).item()
+        return loss, mean_dice(logits > 0, truth > 0.5)
+
+    return _fit(model, step, validate, len(train_idx), cfg, device, seed)
+
+
+def mean_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean Dice over images; an image empty in both counts as 1."""
+    pred, truth = pred.flatten(1).float(), truth.flatten(1).float()
+    inter = (pred * truth).sum(1)
+    total = pred.sum(1) + truth.sum(1)
+    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+    return float(dice.mean())
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Class probabilities for uint8 (N, H, W) arrays, on the CPU."""
+    model.eval()
+    outs = [
+        torch.softmax(model(normalise_batch(torch.from_numpy(images[i : i + batch]))), dim=1)
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0))
+
+
+@torch.no_grad()
+def predict_masks(model: torch.nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Boolean masks (N, H, W) for uint8 images."""
+    model.eval()
+    outs = [
+        (model(normalise_batch(torch.from_numpy(images[i : i + batch]))) > 0)[:, 0]
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(outs).numpy() if outs else np.zeros((0,) + images.shape[1:], dtype=bool)

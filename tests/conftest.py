@@ -1,0 +1,72 @@
+"""Shared fixtures: small hand-made images, so unit tests need neither the demo nor a network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+SOP_CLASSES = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Converted weights go to a per-run cache, never the user's."""
+    os.environ["RADFLOW_CACHE"] = str(tmp_path_factory.mktemp("radflow-cache"))
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    modality: str = "CT",
+    patient_id: str = "P1",
+    study_uid: str | None = None,
+    intercept: float = -1024.0,
+    photometric: str = "MONOCHROME2",
+) -> Path:
+    """A minimal valid single-frame DICOM image with unsigned 16-bit pixels."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID = patient_id
+    ds.PatientName = f"Test^{patient_id}"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if modality == "CT":
+        ds.RescaleIntercept, ds.RescaleSlope = intercept, 1.0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

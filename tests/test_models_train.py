@@ -1,0 +1,102 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from radflow import models, predict, train, weights
+from conftest import write_png
+
+TRAIN = {
+    "device": "cpu",
+    "classifier": {"backbone": "tf_efficientnet_lite0", "weights": "packaged", "epochs": 2,
+                   "batch_size": 8, "lr": 1e-3},
+    "segmenter": {"epochs": 2, "batch_size": 4, "lr": 2e-3, "channels": [4, 8, 16]},
+    "augment": {"flip_prob": 0.5, "rotate_degrees": 10, "zoom": [0.9, 1.1], "noise_std": 0.02,
+                "contrast_gamma": [0.8, 1.2]},
+}
+
+
+def _squares(n=24, size=32, seed=0):
+    """Half the images carry a bright square; the mask marks it."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+    masks = np.zeros_like(images)
+    labels = np.arange(n) % 2
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(4, size - 12, 2)
+        images[i, y : y + 8, x : x + 8] = 220
+        masks[i, y : y + 8, x : x + 8] = 1
+    return images, masks, labels
+
+
+def test_packaged_weights_land_in_the_timm_model_unchanged():
+    source = torch.load(weights.packaged_source(), map_location="cpu", weights_only=True)
+    model, origin = models.build_classifier("tf_efficientnet_lite0", "packaged", 1000)
+    ours = model.state_dict()
+    theirs = list(source.values())
+    # the stem is adapted to one channel by summing RGB; later layers are copied as is
+    for name, tensor in list(zip(ours, theirs, strict=False))[1:20]:
+        assert torch.equal(ours[name], tensor), name
+    assert "ImageNet" in origin
+
+
+def test_missing_weights_file_is_an_error_never_random_weights(tmp_path):
+    with pytest.raises(weights.WeightsError, match="never falls back"):
+        models.build_classifier("resnet18", str(tmp_path / "missing.pth"), 2)
+
+
+def test_packaged_weights_are_refused_for_another_backbone():
+    with pytest.raises(weights.WeightsError, match="only for tf_efficientnet_lite0"):
+        models.build_classifier("resnet18", "packaged", 2)
+
+
+def test_best_checkpoint_is_a_copy_not_the_live_model():
+    images, _, labels = _squares()
+    result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
+                                       TRAIN, seed=0)
+    snapshot = {k: v.clone() for k, v in result.state.items()}
+    model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
+    model.load_state_dict(result.state)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(snapshot[k], result.state[k]) for k in snapshot)
+    assert list(result.history["epoch"]) == [1, 2]
+    assert 1 <= result.best_epoch <= 2
+
+
+def test_training_is_deterministic_on_cpu_for_a_seed():
+    images, _, labels = _squares()
+    a, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3)
+    b, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3)
+    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"),
+                                  b.history.drop(columns="seconds"))
+
+
+def test_segmenter_outlines_the_squares():
+    images, masks, labels = _squares(n=32)
+    cfg = TRAIN | {"segmenter": TRAIN["segmenter"] | {"epochs": 10, "lr": 1e-2}}
+    result = train.train_segmenter(images, masks, np.arange(24), np.arange(24, 32), cfg, 0)
+    model = models.build_segmenter(cfg["segmenter"]["channels"])
+    model.load_state_dict(result.state)
+    lesion = 24 + np.flatnonzero(labels[24:])
+    pred = torch.from_numpy(train.predict_masks(model, images[lesion]))
+    assert train.mean_dice(pred, torch.from_numpy(masks[lesion] > 0)) > 0.7
+
+
+def test_saved_model_reloads_and_predicts_a_folder(tmp_path):
+    images, _, labels = _squares()
+    result, origin = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
+                                            TRAIN, seed=0)
+    meta = {"task": "classifier", "arch": "tf_efficientnet_lite0", "classes": ["neg", "pos"],
+            "modality": "xray", "weights_origin": origin, "preprocess": {
+                "image_size": 32, "ct_window": {"center": 0, "width": 1},
+                "percentiles": {"mri": [1, 99], "xray": [0, 100]}}}
+    models.save_model(tmp_path / "m", result.state, meta, result.history)
+    for i in range(3):
+        write_png(tmp_path / "imgs" / "sub" / f"{i}.png", images[i])
+    (tmp_path / "imgs" / "readme.txt").write_text("skip me: not an image")
+    table = predict.predict_folder(tmp_path / "m", tmp_path / "imgs")
+    assert list(table.columns[:3]) == ["path", "prob_neg", "prob_pos"]
+    assert len(table) == 3
+    np.testing.assert_allclose(table[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
