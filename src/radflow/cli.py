@@ -115,17 +115,21 @@ def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any]) -> None:
     out = Path(args.out)
     if args.input:
         summary = anonymise.anonymise_tree(Path(args.input), out, key)
-        log.info("anonymise: %s", summary)
+        log.info(
+            "anonymise: %d files -> %d de-identified + %d quarantined (%s)",
+            summary.files_seen,
+            summary.written,
+            summary.quarantined,
+            summary.quarantine_path,
+        )
         return
     if not args.manifest:
-        raise SystemExit("radflow anonymise: give --manifest (pipeline) or --in DIR (a tree)")
+        raise ValueError("give --manifest (pipeline) or --in DIR (a DICOM tree)")
     source = manifest_mod.read(args.manifest)
 
     def build(tmp: Path) -> None:
         new, audit, quarantine = anonymise.anonymise_manifest(source, tmp, key)
-        manifest_mod.write(_relocate(new, tmp, out), tmp / "manifest.csv")
-        _write_csv(tmp / "audit.csv", audit)
-        _write_csv(tmp / "quarantine.csv", quarantine)
+        anonymise.write_tables(tmp, _relocate(new, tmp, out), audit, quarantine)
         log.info(
             "anonymise: %d images -> %d de-identified + %d quarantined",
             len(source),
@@ -316,20 +320,105 @@ def _evaluate_segmenter(
     summary, table = evaluate.segmentation_metrics(
         pred, masks[idx] > 0, ev["bootstrap_samples"], ev["ci_level"], seed
     )
+    table = table.drop(columns="index")
     table.insert(0, "image_id", rows["image_id"].to_numpy())
     return summary, table
 
 
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import explain_stage
+    import torch
 
-    explain_stage.run(args, params)
+    from radflow import explain, models
+
+    images, _, _ = _load_processed(Path(args.data))
+    predictions = _read_csv(Path(args.predictions))
+    model, meta = models.load_model(args.model)
+    classes, cfg, seed = meta["classes"], params["explain"], params["seed"]
+    sample = explain.choose_cases(predictions, cfg["samples"], seed)
+    idx = sample["array_index"].astype(int).to_numpy()
+    x = models.normalise_batch(torch.from_numpy(images[idx]))
+    targets = [classes.index(p) for p in sample["pred_label"]]
+
+    def build(tmp: Path) -> None:
+        records = []
+        for method in cfg["methods"]:
+            maps = explain.explain(model, x, targets, method, seed)
+            for j, row in enumerate(sample.itertuples(index=False)):
+                prob = float(getattr(row, f"prob_{row.pred_label}"))
+                title = f"{method}: truth {row.label}, predicted {row.pred_label} ({prob:.2f})"
+                name = explain.overlay_filename(row.image_id, method)
+                png = explain.overlay_png(images[idx[j]] / 255.0, maps[j], title)
+                atomic_write(tmp / name, lambda p, data=png: p.write_bytes(data))
+                records.append(
+                    {
+                        "image_id": row.image_id,
+                        "method": method,
+                        "file": name,
+                        "label": row.label,
+                        "pred_label": row.pred_label,
+                        "prob": prob,
+                        "deletion_auc": explain.deletion_auc(model, x[j], targets[j], maps[j]),
+                    }
+                )
+        write_json(tmp / "explanations.json", records)
+        log.info("explain %s: %d overlays", args.modality, len(records))
+
+    _replace_dir(Path(args.out), build)
 
 
 def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import report_stage
+    from radflow import report
 
-    report_stage.run(args, params)
+    out = Path(args.out)
+    if args.index:
+        root = Path(args.evaluation) if args.evaluation else out.parent / "evaluation"
+        cards = [
+            {"modality": m, "metrics": _maybe_json(root / m / "metrics.json")}
+            for m in params["modalities"]
+        ]
+        context = {"params_hash": params_mod.params_hash(params)}
+        atomic_write_text(out, report.render_index(cards, context))
+        log.info("report: index at %s", out.resolve())
+        return
+    if not (args.modality and args.evaluation and args.explanations and args.models):
+        raise ValueError("a modality page needs --modality, --evaluation, --explanations, --models")
+    atomic_write_text(out, report.render_modality_page(_page_context(args, params)))
+    log.info("report %s: %s", args.modality, out)
+
+
+def _maybe_json(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path.exists() else None
+
+
+def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    """Everything one modality page shows, read from the stage outputs."""
+    from radflow import provenance
+
+    evaluation, explanations, models_dir = (
+        Path(args.evaluation),
+        Path(args.explanations),
+        Path(args.models),
+    )
+    rows = read_json(explanations / "explanations.json")
+    for row in rows:
+        row["png"] = (explanations / row["file"]).read_bytes()
+    histories = {
+        task: pd.read_csv(models_dir / task / "history.csv")
+        for task in ("classifier", "segmenter")
+        if (models_dir / task / "history.csv").exists()
+    }
+    meta = read_json(models_dir / "classifier" / "meta.json")
+    meta["git_revision"] = provenance.git_revision()
+    return {
+        "modality": args.modality,
+        "metrics": read_json(evaluation / "metrics.json"),
+        "roc": pd.read_csv(evaluation / "roc.csv"),
+        "histories": histories,
+        "explanations": rows,
+        "meta": meta,
+        "segmenter_meta": read_json(models_dir / "segmenter" / "meta.json"),
+        "params": params,
+    }
 
 
 def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None:

@@ -1,0 +1,391 @@
+"""Evaluation stage: classification and segmentation metrics with bootstrap confidence intervals.
+
+Point estimates come from scikit-learn (classification) and MONAI (segmentation). The
+bootstrap recomputes the same quantities from batched confusion matrices and rank sums in
+numpy, because calling scikit-learn 6 x 1000 times costs seconds; a test checks that both
+routes agree on the full sample.
+
+Conventions (see docs/CONTRACTS.md, metrics.json):
+
+- ``probs[:, k]`` is the probability of ``classes[k]``; the prediction is the argmax.
+- Binary (2 classes): sensitivity, specificity, F1 and AUC are for the positive class, which
+  is the last class (``classes[-1]``).
+- Multi-class: sensitivity = macro recall (= balanced accuracy), specificity = macro
+  one-vs-rest specificity, F1 = macro F1, AUC = macro one-vs-rest AUC.
+- Confidence intervals: stratified bootstrap (resampling within each true class, so every
+  resample keeps the class counts), percentile interval at ``ci_level``. A metric that is
+  undefined on a resample is skipped for that resample; a metric undefined on the full data
+  has value, ci_low and ci_high ``None`` (JSON null).
+- Segmentation empty-truth rule (MONAI ``ignore_empty=False``): truth and prediction both
+  empty -> Dice = IoU = 1.0; truth empty but prediction not -> 0.0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.metrics import compute_dice, compute_iou
+from scipy.stats import rankdata
+from sklearn import metrics as skm
+from sklearn.preprocessing import label_binarize
+
+METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1")
+
+Interval = dict[str, float | None]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _finite_or_none(x: float) -> float | None:
+    """JSON has no NaN: an undefined metric is written as null."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _interval(value: float, samples: np.ndarray, ci_level: float) -> Interval:
+    """Percentile interval of the defined bootstrap samples around a point estimate."""
+    point = _finite_or_none(value)
+    samples = samples[np.isfinite(samples)]
+    if point is None or samples.size == 0:
+        return {"value": point, "ci_low": None, "ci_high": None}
+    tail = 100.0 * (1.0 - ci_level) / 2.0
+    low, high = np.percentile(samples, [tail, 100.0 - tail])
+    return {"value": point, "ci_low": float(low), "ci_high": float(high)}
+
+
+def _check_ci(n_boot: int, ci_level: float) -> None:
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if not 0.0 < ci_level < 1.0:
+        raise ValueError(f"ci_level must be in (0, 1), got {ci_level}")
+
+
+def stratified_resamples(strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, N) row indices, each row resampling with replacement inside every stratum.
+
+    Keeping stratum sizes fixed keeps every class present in every resample, so metrics
+    defined on the full data (AUC, sensitivity...) stay defined on the resamples.
+    """
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        blocks.append(members[rng.integers(0, members.size, size=(n_boot, members.size))])
+    if not blocks:
+        return np.empty((n_boot, 0), dtype=np.int64)
+    return np.concatenate(blocks, axis=1)
+
+
+def _validate_classification(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {classes}")
+    if probs.ndim != 2 or probs.shape[1] != n_classes:
+        raise ValueError(f"probs must have shape (N, {n_classes}), got {probs.shape}")
+    if y_true.shape != (probs.shape[0],):
+        raise ValueError(f"y_true must have shape ({probs.shape[0]},), got {y_true.shape}")
+    if y_true.size == 0:
+        raise ValueError("no cases to evaluate")
+    if not np.issubdtype(y_true.dtype, np.integer):
+        raise ValueError(f"y_true must hold integer class indices, got dtype {y_true.dtype}")
+    if y_true.min() < 0 or y_true.max() >= n_classes:
+        raise ValueError(f"y_true holds indices outside 0..{n_classes - 1}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probs holds NaN or infinite values")
+    return y_true.astype(np.int64), probs
+
+
+# ------------------------------------------------------- point estimates (scikit-learn)
+
+
+def _sklearn_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Binary AUC of the last class, or macro one-vs-rest AUC; NaN when undefined."""
+    n_classes = probs.shape[1]
+    present = np.unique(y_true)
+    if present.size < n_classes:
+        return float("nan")
+    if n_classes == 2:
+        return float(skm.roc_auc_score(y_true == 1, probs[:, 1]))
+    # Per-class binary AUC averaged = sklearn's macro OvR, without its sum-to-one check.
+    return float(np.mean([skm.roc_auc_score(y_true == k, probs[:, k]) for k in range(n_classes)]))
+
+
+def _sklearn_point_estimates(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    n_classes = probs.shape[1]
+    labels = list(range(n_classes))
+    y_pred = probs.argmax(axis=1)
+    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)
+    tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        specificity = np.where(tn + fp > 0, tn / np.maximum(tn + fp, 1), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined metrics become NaN, reported as null
+        balanced = skm.balanced_accuracy_score(y_true, y_pred)
+        if n_classes == 2:
+            sens = skm.recall_score(y_true, y_pred, pos_label=1, zero_division=np.nan)
+            f1 = skm.f1_score(y_true, y_pred, pos_label=1, zero_division=np.nan)
+            spec = specificity[1]
+        else:
+            sens = skm.recall_score(
+                y_true, y_pred, labels=labels, average="macro", zero_division=np.nan
+            )
+            f1 = skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=np.nan)
+            spec = np.nan if np.all(np.isnan(specificity)) else np.nanmean(specificity)
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced),
+        "auc": _sklearn_auc(y_true, probs),
+        "sensitivity": float(sens),
+        "specificity": float(spec),
+        "f1": float(f1),
+    }
+
+
+# ------------------------------------------------------------ batched metrics (numpy)
+
+
+def _batched_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B, N) labels and predictions -> (B, C, C) confusion matrices (rows actual)."""
+    n_batch = y_true.shape[0]
+    flat = (np.arange(n_batch)[:, None] * n_classes + y_true) * n_classes + y_pred
+    counts = np.bincount(flat.ravel(), minlength=n_batch * n_classes * n_classes)
+    return counts.reshape(n_batch, n_classes, n_classes)
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    defined = np.isfinite(x)
+    total = np.where(defined, x, 0.0).sum(axis=1)
+    count = defined.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Threshold metrics for a batch of confusion matrices, NaN where undefined."""
+    n_classes = cm.shape[1]
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
+    actual = cm.sum(axis=2).astype(np.float64)
+    predicted = cm.sum(axis=1).astype(np.float64)
+    total = cm.sum(axis=(1, 2)).astype(np.float64)
+    fp, fn = predicted - tp, actual - tp
+    tn = total[:, None] - tp - fp - fn
+    recall = _ratio(tp, actual)
+    specificity = _ratio(tn, tn + fp)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    balanced = _nanmean_rows(recall)
+    if n_classes == 2:
+        sens, spec, f1_out = recall[:, 1], specificity[:, 1], f1[:, 1]
+    else:
+        sens, spec, f1_out = balanced, _nanmean_rows(specificity), _nanmean_rows(f1)
+    return {
+        "accuracy": tp.sum(axis=1) / total,
+        "balanced_accuracy": balanced,
+        "sensitivity": sens,
+        "specificity": spec,
+        "f1": f1_out,
+    }
+
+
+def _batched_binary_auc(is_pos: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC per row (ties count one half); NaN where a row lacks a class."""
+    ranks = rankdata(scores, axis=1)
+    n_pos = is_pos.sum(axis=1).astype(np.float64)
+    n_neg = is_pos.shape[1] - n_pos
+    rank_sum = np.where(is_pos, ranks, 0.0).sum(axis=1)
+    return _ratio(rank_sum - n_pos * (n_pos + 1) / 2.0, n_pos * n_neg)
+
+
+def _batched_auc(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(B, N) labels, (B, N, C) probs -> (B,) AUC with the same definition as the point one."""
+    n_classes = probs.shape[2]
+    if n_classes == 2:
+        return _batched_binary_auc(y_true == 1, probs[:, :, 1])
+    per_class = np.stack(
+        [_batched_binary_auc(y_true == k, probs[:, :, k]) for k in range(n_classes)], axis=1
+    )
+    # Macro OvR AUC needs every class: one undefined class makes the average undefined.
+    return np.where(np.isfinite(per_class).all(axis=1), per_class.mean(axis=1), np.nan)
+
+
+def _batched_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """All metrics for a batch of samples: y_true (B, N), probs (B, N, C)."""
+    n_classes = probs.shape[2]
+    cm = _batched_confusion(y_true, probs.argmax(axis=2), n_classes)
+    out = _metrics_from_confusion(cm)
+    out["auc"] = _batched_auc(y_true, probs)
+    return out
+
+
+def _bootstrap(
+    y_true: np.ndarray, probs: np.ndarray, n_boot: int, seed: int, chunk: int = 250
+) -> dict[str, np.ndarray]:
+    """Metric samples over n_boot stratified resamples, in chunks to bound memory."""
+    idx = stratified_resamples(y_true, n_boot, seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
+    for start in range(0, n_boot, chunk):
+        rows = idx[start : start + chunk]
+        batch = _batched_metrics(y_true[rows], probs[rows])
+        for name in METRICS:
+            parts[name].append(batch[name])
+    return {
+        name: np.concatenate(values) if values else np.empty(0) for name, values in parts.items()
+    }
+
+
+# ---------------------------------------------------------------------- public API
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    n_boot: int,
+    ci_level: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The ``classification`` and ``confusion_matrix`` parts of metrics.json.
+
+    Returns ``{"classification": {metric: {"value", "ci_low", "ci_high"}},
+    "confusion_matrix": {"labels": classes, "matrix": [[...]]}}`` with rows of the
+    matrix = actual class, columns = predicted class, in ``classes`` order. Values are
+    plain Python floats or None, ready for ``json.dumps(..., allow_nan=False)``.
+    """
+    _check_ci(n_boot, ci_level)
+    y_true, probs = _validate_classification(y_true, probs, classes)
+    points = _sklearn_point_estimates(y_true, probs)
+    samples = _bootstrap(y_true, probs, n_boot, seed)
+    matrix = skm.confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(len(classes))))
+    return {
+        "classification": {
+            name: _interval(points[name], samples[name], ci_level) for name in METRICS
+        },
+        "confusion_matrix": {"labels": list(classes), "matrix": matrix.tolist()},
+    }
+
+
+def positive_class(classes: list[str]) -> str | None:
+    """metrics.json's ``positive_class``: the last class when binary, else None."""
+    return classes[-1] if len(classes) == 2 else None
+
+
+def roc_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """ROC points (fpr, tpr, threshold) for roc.csv.
+
+    Binary: the positive (last) class. Multi-class: micro-average one-vs-rest (every
+    case-class pair is one binary decision). Empty table when the ROC is undefined (only
+    one class present). The first threshold is +inf (no case called positive), as in
+    scikit-learn.
+    """
+    y_true, probs = _validate_classification(y_true, probs, classes)
+    if np.unique(y_true).size < 2:
+        return pd.DataFrame({"fpr": [], "tpr": [], "threshold": []}, dtype=float)
+    if len(classes) == 2:
+        truth, score = y_true == 1, probs[:, 1]
+    else:
+        truth = label_binarize(y_true, classes=list(range(len(classes)))).ravel().astype(bool)
+        score = probs.ravel()
+    fpr, tpr, thresholds = skm.roc_curve(truth, score)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+
+
+def confusion_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per case with the actual and predicted class names (confusion.csv)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal 1-D")
+    names = np.asarray(classes, dtype=object)
+    for arr, what in ((y_true, "y_true"), (y_pred, "y_pred")):
+        if arr.size and (arr.min() < 0 or arr.max() >= len(classes)):
+            raise ValueError(f"{what} holds indices outside 0..{len(classes) - 1}")
+    return pd.DataFrame(
+        {"actual": names[y_true.astype(int)], "predicted": names[y_pred.astype(int)]}
+    )
+
+
+# -------------------------------------------------------------------- segmentation
+
+
+def _as_binary_masks(masks: np.ndarray, what: str) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"{what} must have shape (N, H, W), got {masks.shape}")
+    if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
+        raise ValueError(f"{what} must be binary (bool or 0/1); threshold probabilities first")
+    return masks.astype(bool)
+
+
+def _per_image(fn: Callable[..., torch.Tensor], pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """One score per image from a MONAI metric on (N, 1, H, W) foreground channels."""
+    y_pred = torch.from_numpy(pred[:, None]).float()
+    y = torch.from_numpy(true[:, None]).float()
+    return fn(y_pred, y, include_background=True, ignore_empty=False)[:, 0].numpy()
+
+
+def _mean_interval(
+    values: np.ndarray, strata: np.ndarray, n_boot: int, ci_level: float, seed: int
+) -> Interval:
+    if values.size == 0:
+        return {"value": None, "ci_low": None, "ci_high": None}
+    idx = stratified_resamples(strata, n_boot, seed)
+    return _interval(float(values.mean()), values[idx].mean(axis=1), ci_level)
+
+
+def segmentation_metrics(
+    pred_masks: np.ndarray,
+    true_masks: np.ndarray,
+    n_boot: int,
+    ci_level: float,
+    seed: int,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Per-image Dice/IoU (MONAI) and bootstrap CIs of their means.
+
+    Returns ``({"dice", "iou", "dice_lesion", "iou_lesion": {"value", "ci_low", "ci_high"},
+    "n_images", "n_lesion"}, table)`` where ``*_lesion`` average only images whose truth is
+    non-empty (null when there are none) and ``table`` has columns
+    ``index, dice, iou, truth_empty`` (index = position in the input arrays). Empty truth:
+    both empty -> 1.0, truth empty and prediction not -> 0.0. The bootstrap resamples
+    within the empty / non-empty strata so their mix stays as observed.
+    """
+    _check_ci(n_boot, ci_level)
+    pred = _as_binary_masks(pred_masks, "pred_masks")
+    true = _as_binary_masks(true_masks, "true_masks")
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_masks {pred.shape} and true_masks {true.shape} differ")
+    if pred.shape[0]:
+        dice, iou = _per_image(compute_dice, pred, true), _per_image(compute_iou, pred, true)
+    else:
+        dice = iou = np.empty(0)
+    empty = ~true.reshape(true.shape[0], -1).any(axis=1)
+    lesion = ~empty
+    result: dict[str, Any] = {
+        "dice": _mean_interval(dice, empty, n_boot, ci_level, seed),
+        "iou": _mean_interval(iou, empty, n_boot, ci_level, seed),
+        "dice_lesion": _mean_interval(dice[lesion], empty[lesion], n_boot, ci_level, seed),
+        "iou_lesion": _mean_interval(iou[lesion], empty[lesion], n_boot, ci_level, seed),
+        "n_images": int(pred.shape[0]),
+        "n_lesion": int(lesion.sum()),
+    }
+    table = pd.DataFrame(
+        {
+            "index": np.arange(pred.shape[0]),
+            "dice": dice.astype(float),
+            "iou": iou.astype(float),
+            "truth_empty": empty,
+        }
+    )
+    return result, table

@@ -1,0 +1,345 @@
+"""Explanation stage: saliency maps for a classifier, their overlays and a faithfulness score.
+
+One entry point, :func:`explain`, dispatches to the methods in :data:`EXPLAINERS`
+(Grad-CAM, saliency, LIME, SHAP). Every map is (B, H, W) float32 in [0, 1] at the model's
+input resolution, 1 = most evidence *for* the target class. Randomised methods are seeded
+from a local generator state, so the same seed gives the same map and the caller's global
+RNG state is left alone. The model is explained in eval mode and its previous mode is
+restored afterwards; no hooks are left on it.
+
+explanations.json (written by the CLI next to the overlay PNGs) is a list of
+:class:`ExplanationRecord`::
+
+    [{"image_id": str,        # split/predictions image_id
+      "method": str,          # a key of EXPLAINERS
+      "file": str,            # overlay PNG, relative to explanations.json's folder
+      "label": str,           # true class name
+      "pred_label": str,      # predicted class name = the class explained
+      "prob": float,          # model probability of pred_label
+      "deletion_auc": float}] # see deletion_auc; lower = more faithful
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import re
+from collections.abc import Callable, Iterator
+from typing import TypedDict
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+from torchvision.transforms.functional import gaussian_blur
+
+
+class ExplanationRecord(TypedDict):
+    """One row of explanations.json."""
+
+    image_id: str
+    method: str
+    file: str
+    label: str
+    pred_label: str
+    prob: float
+    deletion_auc: float
+
+
+Explainer = Callable[[nn.Module, torch.Tensor, list[int], int, int], np.ndarray]
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Explain in eval mode (BatchNorm/Dropout fixed), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch and numpy's global RNG (captum draws from both), then restore them."""
+    devices = [device] if device.type == "cuda" else []
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """Per-image scaling of non-negative evidence to [0, 1]; an all-zero map stays zero."""
+    maps = np.nan_to_num(np.clip(maps.astype(np.float64), 0.0, None))
+    peak = maps.reshape(maps.shape[0], -1).max(axis=1)
+    scale = np.where(peak > 0, peak, 1.0)
+    return (maps / scale[:, None, None]).astype(np.float32)
+
+
+def _blur(images: torch.Tensor) -> torch.Tensor:
+    """Strong Gaussian blur: keeps coarse intensity, removes the detail a model might use."""
+    size = images.shape[-1]
+    sigma = max(size / 16.0, 1.0)
+    kernel = int(2 * round(3 * sigma) + 1)
+    kernel = min(kernel, 2 * ((min(images.shape[-2:]) - 1) // 2) + 1)
+    return gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+
+
+def find_target_layer(model: nn.Module) -> nn.Module:
+    """Grad-CAM layer: ``model.conv_head`` (timm EfficientNet) else the last nn.Conv2d.
+
+    "Last" is registration order in ``model.modules()``, which is forward order for timm
+    and torchvision classifiers.
+    """
+    head = getattr(model, "conv_head", None)
+    if isinstance(head, nn.Module):
+        return head
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model has no nn.Conv2d layer for Grad-CAM")
+    return convs[-1]
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+def _gradcam(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = GradCAM(model=model, target_layers=[find_target_layer(model)])
+    try:  # not `with`: GradCAM.__exit__ swallows IndexError
+        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
+    finally:
+        cam.activations_and_grads.release()
+    return _normalise(np.asarray(maps))
+
+
+def _saliency(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    from captum.attr import Saliency
+
+    inputs = images.clone().requires_grad_(True)
+    grads = Saliency(model).attribute(inputs, target=targets, abs=True)
+    return _normalise(grads.detach().amax(dim=1).cpu().numpy())
+
+
+def _shap(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    """Captum GradientShap; baselines = a zero image (the normalised mean) and a blur."""
+    from captum.attr import GradientShap
+
+    explainer = GradientShap(model)
+    blurred = _blur(images)
+    maps = []
+    for i, target in enumerate(targets):
+        image = images[i : i + 1].clone().requires_grad_(True)
+        baselines = torch.cat([torch.zeros_like(image), blurred[i : i + 1]])
+        with _seeded(seed + i, images.device):
+            attr = explainer.attribute(
+                image, baselines=baselines, target=target, n_samples=num_samples, stdevs=0.05
+            )
+        maps.append(attr.detach().sum(dim=1)[0].cpu().numpy())
+    return _normalise(np.stack(maps))
+
+
+def _lime_segments(image_rgb: np.ndarray) -> np.ndarray:
+    """SLIC superpixels on the grey view: deterministic, about 64 regions."""
+    from skimage.segmentation import slic
+
+    return slic(image_rgb[..., 0], n_segments=64, compactness=0.1, channel_axis=None, start_label=0)
+
+
+def _lime(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    """lime_image on a min-max scaled 3-channel view; hidden superpixels get the image mean."""
+    from lime import lime_image
+
+    maps = []
+    for i, target in enumerate(targets):
+        grey = images[i, 0].detach().cpu().double().numpy()
+        low, span = float(grey.min()), float(np.ptp(grey)) or 1.0
+        view = np.repeat(((grey - low) / span)[..., None], 3, axis=2)
+
+        def classify(batch: np.ndarray, low: float = low, span: float = span) -> np.ndarray:
+            x = torch.from_numpy(batch[..., 0] * span + low).float()[:, None]
+            with torch.no_grad():
+                return F.softmax(model(x.to(images.device)), dim=1).cpu().numpy()
+
+        explainer = lime_image.LimeImageExplainer(random_state=seed + i)
+        with contextlib.redirect_stderr(io.StringIO()):  # lime's unconditional tqdm bar
+            result = explainer.explain_instance(
+                view,
+                classify,
+                labels=(target,),
+                top_labels=None,
+                hide_color=float(view.mean()),
+                num_samples=num_samples,
+                batch_size=32,
+                segmentation_fn=_lime_segments,
+                random_seed=seed + i,
+            )
+        weights = dict(result.local_exp[target])
+        segments = result.segments
+        lut = np.array([weights.get(s, 0.0) for s in range(segments.max() + 1)])
+        maps.append(lut[segments])
+    return _normalise(np.stack(maps))
+
+
+EXPLAINERS: dict[str, Explainer] = {
+    "gradcam": _gradcam,
+    "saliency": _saliency,
+    "lime": _lime,
+    "shap": _shap,
+}
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: list[int],
+    method: str,
+    seed: int,
+    *,
+    num_samples: int = 64,
+) -> np.ndarray:
+    """Saliency maps (B, H, W) in [0, 1] for images (B, 1, H, W), one target class each.
+
+    ``images`` are normalised as the model expects. ``num_samples`` is LIME's number of
+    perturbations and SHAP's number of baseline/noise draws (ignored by the others).
+    """
+    if method not in EXPLAINERS:
+        raise ValueError(f"unknown explanation method {method!r}; choose from {sorted(EXPLAINERS)}")
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images must have shape (B, 1, H, W), got {tuple(images.shape)}")
+    if len(targets) != images.shape[0]:
+        raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    with _eval_mode(model):
+        images = images.detach().float().to(_device(model))
+        with torch.no_grad():
+            n_classes = model(images[:1]).shape[1]
+        bad = [t for t in targets if not 0 <= int(t) < n_classes]
+        if bad:
+            raise ValueError(f"targets {bad} outside the model's {n_classes} classes")
+        targets = [int(t) for t in targets]
+        with _seeded(seed, images.device):
+            return EXPLAINERS[method](model, images, targets, seed, num_samples)
+
+
+# ---------------------------------------------------------------------- faithfulness
+
+
+def deletion_auc(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int,
+    heatmap: np.ndarray,
+    steps: int = 20,
+    *,
+    baseline: str = "mean",
+) -> float:
+    """Area under the target probability as the most salient pixels are deleted first.
+
+    ``image`` is (1, H, W) or (H, W), normalised as the model expects; pixels are replaced,
+    in order of decreasing heatmap, by the image mean (``baseline="mean"``) or a strongly
+    blurred copy (``"blur"``) in ``steps`` equal chunks. The curve starts at the intact
+    image's probability; the area is over the deleted fraction in [0, 1]. Lower = the map
+    points at pixels the model really relies on (Petsiuk et al., RISE, 2018).
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    x = image.detach().float().reshape(1, 1, *image.shape[-2:])
+    if heatmap.shape != tuple(x.shape[-2:]):
+        raise ValueError(f"heatmap {heatmap.shape} does not match image {tuple(x.shape[-2:])}")
+    with _eval_mode(model):
+        x = x.to(_device(model))
+        if baseline == "mean":
+            fill = torch.full_like(x, float(x.mean()))
+        elif baseline == "blur":
+            fill = _blur(x)
+        else:
+            raise ValueError(f"baseline must be 'mean' or 'blur', got {baseline!r}")
+        n_pixels = x[0, 0].numel()
+        order = torch.from_numpy(np.argsort(-heatmap.ravel(), kind="stable").copy())
+        rank = torch.empty(n_pixels, dtype=torch.long)
+        rank[order] = torch.arange(n_pixels)
+        counts = torch.round(torch.linspace(0, n_pixels, steps + 1)).long()
+        deleted = (rank[None, :] < counts[:, None]).reshape(steps + 1, 1, *x.shape[-2:])
+        deleted = deleted.to(x.device)
+        batch = torch.where(deleted, fill, x)
+        probs = []
+        with torch.no_grad():
+            for chunk in batch.split(32):
+                probs.append(F.softmax(model(chunk), dim=1)[:, target].cpu())
+        curve = torch.cat(probs).double().numpy()
+    return float(np.trapezoid(curve, dx=1.0 / steps))
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def _mpl_text(text: str) -> str:
+    """Matplotlib treats $...$ as mathtext (and fails on unbalanced $): print it literally."""
+    return text.replace("$", r"\$")
+
+
+def overlay_png(image01: np.ndarray, heatmap01: np.ndarray, title: str) -> bytes:
+    """PNG of the greyscale image with the heatmap (jet, semi-transparent) and a colour bar.
+
+    Built on a bare Figure + Agg canvas (no pyplot state) and saved without metadata, so
+    the same input gives the same bytes.
+    """
+    image01, heatmap01 = np.asarray(image01, dtype=float), np.asarray(heatmap01, dtype=float)
+    if image01.ndim != 2 or image01.shape != heatmap01.shape:
+        raise ValueError(f"image {image01.shape} and heatmap {heatmap01.shape} must be equal 2-D")
+    fig = Figure(figsize=(4.0, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.imshow(image01, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    heat = ax.imshow(heatmap01, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04, label="relevance")
+    ax.set_title(_mpl_text(title), fontsize=9)
+    ax.set_axis_off()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def overlay_filename(image_id: str, method: str) -> str:
+    """A safe PNG name, unique per (image_id, method) even when sanitising merges ids."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(image_id)).strip("._")[:60] or "image"
+    digest = hashlib.sha256(str(image_id).encode()).hexdigest()[:8]
+    return f"{safe}_{digest}_{method}.png"
+
+
+def choose_cases(predictions: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Up to n test cases, taken in turn from each true label; the same for the same seed."""
+    shuffled = predictions.sample(frac=1.0, random_state=seed)
+    turn = shuffled.groupby("label").cumcount()
+    picked = shuffled.assign(_turn=turn).sort_values(["_turn", "label"], kind="stable").head(n)
+    return picked.drop(columns="_turn").reset_index(drop=True)
