@@ -1,0 +1,143 @@
+# Settings and helpers shared by the stage files (functions only). Each stage has its own
+# workflow/rules/<stage>.smk whose rules call `radflow <stage>` exactly as docs/CONTRACTS.md
+# and dvc.yaml do.
+
+import os
+import re
+import shutil
+import subprocess
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+MODALITIES = list(config["modalities"])
+MODALITY_PATTERN = "|".join(re.escape(m) for m in MODALITIES)
+DEMO = config["data"]["source"] == "demo"
+RAW_DIR = os.path.normpath(config["data"]["raw_dir"])
+LABELS_CSV = config["data"].get("labels_csv")
+# The demo cohort's tree (docs/CONTRACTS.md: `radflow demo ... --out data/raw/demo`) and the
+# labels CSV `radflow demo` writes at its root.
+DEMO_DIR = "data/raw/demo"
+DEMO_LABELS = f"{DEMO_DIR}/labels.csv"
+# Cores a training job reserves: train.num_threads, or all of them when that is 0 (torch's
+# default). Snakemake caps it at --cores.
+TRAIN_THREADS = config["train"].get("num_threads") or os.cpu_count() or 1
+
+
+def check_params_yaml_is_the_config():
+    """Fail unless the Snakemake config is params.yaml as it is on disk, and coherent.
+
+    Every `radflow` command reads params.yaml itself (`--params params.yaml`), so a value given
+    with --config or another --configfile would change the DAG but not what the stages do.
+    """
+    if workflow.config_settings.overwrite_config:
+        raise WorkflowError(
+            "radflow reads its parameters from params.yaml only: "
+            "edit params.yaml instead of passing --config"
+        )
+    for path in workflow.overwrite_configfiles or ():
+        if os.path.abspath(path) != os.path.abspath("params.yaml"):
+            raise WorkflowError(
+                f"radflow reads its parameters from params.yaml only, not from {path}: copy "
+                "the values into params.yaml (or run from a directory holding your params.yaml)"
+            )
+    if DEMO and RAW_DIR != DEMO_DIR:
+        raise WorkflowError(
+            f"data.source is demo, so data.raw_dir must be {DEMO_DIR} (where `radflow demo` "
+            f"writes the cohort), not {RAW_DIR}"
+        )
+    if DEMO and LABELS_CSV and os.path.normpath(LABELS_CSV) != DEMO_LABELS:
+        raise WorkflowError(
+            f"data.source is demo, so data.labels_csv must be {DEMO_LABELS} (the labels "
+            f"`radflow demo` writes), not {LABELS_CSV}"
+        )
+    if not DEMO and (RAW_DIR == DEMO_DIR or RAW_DIR.startswith(f"{DEMO_DIR}/")):
+        raise WorkflowError(
+            f"data.source is folder, but {DEMO_DIR} is reserved for the demo cohort "
+            "(dvc.yaml's demo stage regenerates it): put your data in another folder"
+        )
+
+
+check_params_yaml_is_the_config()
+
+
+def params_at(*keys):
+    """The params.yaml values a stage reads, by dotted key.
+
+    Rules pass them as `params:` and dvc.yaml lists the same keys, so that changing one re-runs
+    the stage in Snakemake (rerun trigger "params") as in DVC.
+    """
+    values = {}
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        values[key] = value
+    return values
+
+
+def parent_dir(io, name):
+    """A params function: the folder holding input or output file `name` (for --out DIR etc.)."""
+    if io == "input":
+        return lambda wildcards, input: os.path.dirname(input[name])
+    return lambda wildcards, output: os.path.dirname(output[name])
+
+
+def ingest_inputs(wildcards):
+    """The raw folder and, when params.yaml names one, the labels CSV.
+
+    data.raw_dir is a directory input: Snakemake sees the folder's own modification time,
+    which does not change when a file deep inside it is edited (a known Snakemake limitation
+    for directory inputs). After changing raw data in place, run
+    `snakemake --cores all --forcerun ingest`; DVC hashes the folder and notices by itself.
+    """
+    inputs = {"raw": RAW_DIR}
+    if LABELS_CSV:
+        inputs["labels"] = os.path.normpath(LABELS_CSV)
+    return inputs
+
+
+def processed(modality="{modality}"):
+    """The preprocess outputs of one modality (the folder passed as `--data`)."""
+    return {
+        "images": f"data/processed/{modality}/images.npy",
+        "masks": f"data/processed/{modality}/masks.npy",
+        "index": f"data/processed/{modality}/index.csv",
+    }
+
+
+def dvc_stage_names(jobs):
+    """DVC's name for each Snakemake job with outputs: `rule`, or `rule@modality` for the
+    per-modality stages (dvc.yaml declares those with `foreach: ${modalities}`)."""
+    names = set()
+    for job in jobs:
+        if not job.output:
+            continue
+        modality = job.wildcards_dict.get("modality")
+        names.add(f"{job.rule.name}@{modality}" if modality else job.rule.name)
+    return sorted(names)
+
+
+def dvc_commit():
+    """Record this run's outputs in dvc.lock, so that `dvc status` agrees with Snakemake.
+
+    Only the stages of this run's DAG are committed: after a successful run their outputs are
+    up to date, while outputs outside the DAG (downstream of a partial target) may be stale.
+    """
+    if not os.path.isdir(".dvc"):
+        return
+    if shutil.which("dvc") is None:
+        logger.warning("radflow: .dvc exists but `dvc` is not on PATH; run `dvc commit` yourself")
+        return
+    stages = dvc_stage_names(workflow.dag.jobs)
+    if not stages:
+        return
+    # Output captured rather than --quiet, which would silence DVC's error message too.
+    done = subprocess.run(["dvc", "commit", "--force", *stages], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise WorkflowError(
+            "Snakemake finished, but `dvc commit` failed, so dvc.lock does not "
+            f"record them:\n{done.stderr.strip() or done.stdout.strip()}\n"
+            f"stages: {' '.join(stages)}"
+        )
+    logger.info(f"dvc commit: {len(stages)} stages recorded in dvc.lock")

@@ -1,0 +1,28 @@
+# evaluate: test-set metrics with bootstrap confidence intervals, ROC and confusion tables.
+
+
+rule evaluate:
+    input:
+        **processed(),
+        split="data/split/{modality}.csv",
+        classifier="models/{modality}/classifier",
+        segmenter="models/{modality}/segmenter",
+    output:
+        metrics="reports/evaluation/{modality}/metrics.json",
+        predictions="reports/evaluation/{modality}/predictions.csv",
+        roc="reports/evaluation/{modality}/roc.csv",
+        confusion="reports/evaluation/{modality}/confusion.csv",
+        segmentation="reports/evaluation/{modality}/segmentation.csv",
+    params:
+        data=parent_dir("input", "index"),
+        models=parent_dir("input", "classifier"),
+        out=parent_dir("output", "metrics"),
+        settings=params_at("seed", "data.classes", "evaluate"),
+    log:
+        "logs/evaluate/{modality}.log",
+    conda:
+        "../envs/radflow.yaml"
+    shell:
+        "radflow evaluate --params params.yaml --modality {wildcards.modality}"
+        " --data {params.data} --split {input.split} --models {params.models}"
+        " --out {params.out} > {log} 2>&1"

@@ -1,0 +1,27 @@
+# explain: Grad-CAM / saliency / LIME / SHAP overlays for test images, with faithfulness scores.
+
+
+rule explain:
+    input:
+        **processed(),
+        model="models/{modality}/classifier",
+        predictions="reports/evaluation/{modality}/predictions.csv",
+    output:
+        explanations=report(
+            directory("reports/explanations/{modality}"),
+            patterns=["{name}.png"],
+            caption="../report/explanations.rst",
+            category="Explanations",
+            labels={"modality": "{modality}", "figure": "{name}"},
+        ),
+    params:
+        data=parent_dir("input", "index"),
+        settings=params_at("seed", "explain"),
+    log:
+        "logs/explain/{modality}.log",
+    conda:
+        "../envs/radflow.yaml"
+    shell:
+        "radflow explain --params params.yaml --modality {wildcards.modality}"
+        " --data {params.data} --model {input.model} --predictions {input.predictions}"
+        " --out {output.explanations} > {log} 2>&1"

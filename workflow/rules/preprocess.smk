@@ -1,0 +1,19 @@
+# preprocess: per-modality intensity normalisation and resizing, cached as arrays.
+
+
+rule preprocess:
+    input:
+        manifest="data/anonymised/manifest.csv",
+        files="data/anonymised/files",
+    output:
+        **processed(),
+    params:
+        out=parent_dir("output", "index"),
+        settings=params_at("preprocess"),
+    log:
+        "logs/preprocess/{modality}.log",
+    conda:
+        "../envs/radflow.yaml"
+    shell:
+        "radflow preprocess --params params.yaml --modality {wildcards.modality}"
+        " --manifest {input.manifest} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,17 @@
+# split: patient-grouped, label-stratified train/val/test split.
+
+
+rule split:
+    input:
+        index="data/processed/{modality}/index.csv",
+    output:
+        split="data/split/{modality}.csv",
+    params:
+        settings=params_at("seed", "split"),
+    log:
+        "logs/split/{modality}.log",
+    conda:
+        "../envs/radflow.yaml"
+    shell:
+        "radflow split --params params.yaml --modality {wildcards.modality}"
+        " --index {input.index} --out {output.split} > {log} 2>&1"

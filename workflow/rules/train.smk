@@ -1,0 +1,42 @@
+# train: per modality a classifier (timm backbone, transfer learning) and a segmenter (U-Net;
+# a model directory saying why it was not trained when there are no masks). GPU when present.
+# threads only reserve cores for the scheduler; torch takes train.num_threads from params.yaml
+# (0: torch's default, all cores; Snakemake caps threads at --cores).
+
+
+rule train_classifier:
+    input:
+        **processed(),
+        split="data/split/{modality}.csv",
+    output:
+        model=directory("models/{modality}/classifier"),
+    params:
+        data=parent_dir("input", "index"),
+        settings=params_at("seed", "data.classes", "train.classifier", "train.augment"),
+    log:
+        "logs/train/{modality}_classifier.log",
+    threads: TRAIN_THREADS
+    conda:
+        "../envs/radflow.yaml"
+    shell:
+        "radflow train --params params.yaml --modality {wildcards.modality} --task classifier"
+        " --data {params.data} --split {input.split} --out {output.model} > {log} 2>&1"
+
+
+rule train_segmenter:
+    input:
+        **processed(),
+        split="data/split/{modality}.csv",
+    output:
+        model=directory("models/{modality}/segmenter"),
+    params:
+        data=parent_dir("input", "index"),
+        settings=params_at("seed", "train.segmenter", "train.augment"),
+    log:
+        "logs/train/{modality}_segmenter.log",
+    threads: TRAIN_THREADS
+    conda:
+        "../envs/radflow.yaml"
+    shell:
+        "radflow train --params params.yaml --modality {wildcards.modality} --task segmenter"
+        " --data {params.data} --split {input.split} --out {output.model} > {log} 2>&1"
