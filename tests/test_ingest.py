@@ -37,8 +37,13 @@ def test_counts_in_equal_manifest_plus_quarantine(tmp_path, rng):
 
 def test_every_quarantined_input_has_a_reason(tmp_path, rng):
     result = ingest.ingest(tmp_path, _cohort(tmp_path, rng))
-    reasons = dict(zip(result.quarantine["path"].map(lambda p: p.split("/")[-1]),
-                       result.quarantine["reason"], strict=True))
+    reasons = dict(
+        zip(
+            result.quarantine["path"].map(lambda p: p.split("/")[-1]),
+            result.quarantine["reason"],
+            strict=True,
+        )
+    )
     assert "not a DICOM" in reasons["notes.txt"]
     assert "DICOM" in reasons["broken.dcm"] or "pixel data" in reasons["broken.dcm"]
     assert "not found" in reasons["gone.dcm"]
@@ -85,3 +90,12 @@ def test_manifest_roundtrips_through_csv(tmp_path, rng):
     manifest.write(result.manifest, tmp_path / "out/manifest.csv")
     again = manifest.read(tmp_path / "out/manifest.csv")
     pd.testing.assert_frame_equal(again, manifest.validate(result.manifest))
+
+
+def test_hidden_files_are_counted_but_not_ingested(tmp_path, rng):
+    labels = _cohort(tmp_path, rng)
+    (tmp_path / ".snakemake_timestamp").write_text("")
+    (tmp_path / "ct" / ".DS_Store").write_bytes(b"\0\1")
+    result = ingest.ingest(tmp_path, labels)
+    assert result.hidden == 2
+    assert not result.quarantine["path"].str.contains("DS_Store|snakemake").any()

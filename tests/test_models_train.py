@@ -2,17 +2,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_png
 
 from radflow import models, predict, train, weights
-from conftest import write_png
 
 TRAIN = {
     "device": "cpu",
-    "classifier": {"backbone": "tf_efficientnet_lite0", "weights": "packaged", "epochs": 2,
-                   "batch_size": 8, "lr": 1e-3},
+    "classifier": {
+        "backbone": "tf_efficientnet_lite0",
+        "weights": "packaged",
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+    },
     "segmenter": {"epochs": 2, "batch_size": 4, "lr": 2e-3, "channels": [4, 8, 16]},
-    "augment": {"flip_prob": 0.5, "rotate_degrees": 10, "zoom": [0.9, 1.1], "noise_std": 0.02,
-                "contrast_gamma": [0.8, 1.2]},
+    "augment": {
+        "flip_prob": 0.5,
+        "rotate_degrees": 10,
+        "zoom": [0.9, 1.1],
+        "noise_std": 0.02,
+        "contrast_gamma": [0.8, 1.2],
+    },
 }
 
 
@@ -52,8 +62,9 @@ def test_packaged_weights_are_refused_for_another_backbone():
 
 def test_best_checkpoint_is_a_copy_not_the_live_model():
     images, _, labels = _squares()
-    result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
-                                       TRAIN, seed=0)
+    result, _ = train.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, seed=0
+    )
     snapshot = {k: v.clone() for k, v in result.state.items()}
     model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
     model.load_state_dict(result.state)
@@ -69,8 +80,9 @@ def test_training_is_deterministic_on_cpu_for_a_seed():
     images, _, labels = _squares()
     a, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3)
     b, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3)
-    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"),
-                                  b.history.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(
+        a.history.drop(columns="seconds"), b.history.drop(columns="seconds")
+    )
 
 
 def test_segmenter_outlines_the_squares():
@@ -86,12 +98,21 @@ def test_segmenter_outlines_the_squares():
 
 def test_saved_model_reloads_and_predicts_a_folder(tmp_path):
     images, _, labels = _squares()
-    result, origin = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
-                                            TRAIN, seed=0)
-    meta = {"task": "classifier", "arch": "tf_efficientnet_lite0", "classes": ["neg", "pos"],
-            "modality": "xray", "weights_origin": origin, "preprocess": {
-                "image_size": 32, "ct_window": {"center": 0, "width": 1},
-                "percentiles": {"mri": [1, 99], "xray": [0, 100]}}}
+    result, origin = train.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, seed=0
+    )
+    meta = {
+        "task": "classifier",
+        "arch": "tf_efficientnet_lite0",
+        "classes": ["neg", "pos"],
+        "modality": "xray",
+        "weights_origin": origin,
+        "preprocess": {
+            "image_size": 32,
+            "ct_window": {"center": 0, "width": 1},
+            "percentiles": {"mri": [1, 99], "xray": [0, 100]},
+        },
+    }
     models.save_model(tmp_path / "m", result.state, meta, result.history)
     for i in range(3):
         write_png(tmp_path / "imgs" / "sub" / f"{i}.png", images[i])

@@ -4,8 +4,11 @@ import pytest
 
 from radflow import preprocess, split
 
-PP = {"image_size": 32, "ct_window": {"center": 40, "width": 400}, "percentiles": {
-    "mri": [1, 99], "xray": [0.5, 99.5]}}
+PP = {
+    "image_size": 32,
+    "ct_window": {"center": 40, "width": 400},
+    "percentiles": {"mri": [1, 99], "xray": [0.5, 99.5]},
+}
 
 
 def test_ct_window_maps_hounsfield_units_to_unit_range():
@@ -41,11 +44,13 @@ def test_mask_resize_stays_binary_and_aligned():
 
 
 def test_mask_on_another_grid_is_an_error():
-    rows = pd.DataFrame([{"source_path": "a", "format": "png", "modality": "mri",
-                          "mask_path": "m"}])
+    rows = pd.DataFrame(
+        [{"source_path": "a", "format": "png", "modality": "mri", "mask_path": "m"}]
+    )
     with pytest.raises(ValueError, match="pixel grid"):
-        preprocess.build_arrays(rows, PP, lambda p, f: np.zeros((20, 20)),
-                                lambda p: np.zeros((10, 10), bool))
+        preprocess.build_arrays(
+            rows, PP, lambda p, f: np.zeros((20, 20)), lambda p: np.zeros((10, 10), bool)
+        )
 
 
 def _index(n_patients=30, per_patient=3, seed=0):
@@ -54,8 +59,14 @@ def _index(n_patients=30, per_patient=3, seed=0):
     for p in range(n_patients):
         label = "pos" if rng.random() < 0.4 else "neg"
         for k in range(per_patient):
-            rows.append({"image_id": f"{p}-{k}", "array_index": len(rows),
-                         "patient_key": f"P{p}", "label": label})
+            rows.append(
+                {
+                    "image_id": f"{p}-{k}",
+                    "array_index": len(rows),
+                    "patient_key": f"P{p}",
+                    "label": label,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -99,11 +99,12 @@ def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
     manifest_mod.write(result.manifest, out / "manifest.csv")
     _write_csv(out / "quarantine.csv", result.quarantine)
     log.info(
-        "ingest: %d inputs -> %d in manifest + %d quarantined (%s)",
+        "ingest: %d inputs -> %d in manifest + %d quarantined (%s); %d hidden files passed over",
         result.inputs,
         len(result.manifest),
         len(result.quarantine),
         out / "quarantine.csv",
+        result.hidden,
     )
 
 

@@ -7,7 +7,7 @@ table with its reason: counts in = manifest + quarantine.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +27,7 @@ class IngestResult:
     manifest: pd.DataFrame
     quarantine: pd.DataFrame
     inputs: int
-    notes: list[str] = field(default_factory=list)
+    hidden: int = 0
 
 
 def sha256_file(path: Path) -> str:
@@ -54,9 +54,25 @@ def read_labels(path: Path | None) -> pd.DataFrame:
     return labels.set_index("path", drop=False)
 
 
-def find_files(root: Path, exclude: set[Path]) -> list[Path]:
-    """Every regular file under root, sorted, minus the labels CSV and mask files."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.resolve() not in exclude)
+def is_hidden(path: Path, root: Path) -> bool:
+    """Dot files and folders (.DS_Store, .snakemake_timestamp, .git) are not data."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_files(root: Path, exclude: set[Path]) -> tuple[list[Path], int]:
+    """Every regular file under root, sorted, minus the labels CSV, masks and hidden files.
+
+    Returns the files and how many hidden files were passed over (logged, never silent).
+    """
+    files, hidden = [], 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.resolve() in exclude:
+            continue
+        if is_hidden(path, root):
+            hidden += 1
+        else:
+            files.append(path)
+    return files, hidden
 
 
 def inspect_file(path: Path, fmt: str) -> dict[str, object]:
@@ -97,7 +113,7 @@ def ingest(raw_dir: Path, labels_csv: Path | None) -> IngestResult:
     labels = read_labels(labels_csv)
     masks = {(raw_dir / m).resolve() for m in labels.get("mask", pd.Series(dtype=str)) if m}
     exclude = masks | ({labels_csv.resolve()} if labels_csv else set())
-    files = find_files(raw_dir, exclude)
+    files, hidden = find_files(raw_dir, exclude)
     rows: list[dict[str, object]] = []
     quarantine: list[Quarantined] = []
     seen: dict[str, str] = {}
@@ -119,6 +135,7 @@ def ingest(raw_dir: Path, labels_csv: Path | None) -> IngestResult:
         manifest=frame,
         quarantine=manifest.quarantine_frame(quarantine),
         inputs=len(files) + int((~labels.index.isin(list(found))).sum()),
+        hidden=hidden,
     )
 
 
