@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
 
 .PHONY: setup demo test test-all lint clean
 
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
-	@[ -d .dvc ] || $(BIN)/dvc init --quiet $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
+	@[ -d .dvc ] || $(BIN)/dvc init --quiet --no-scm
 	touch $(STAMP)
 
 setup: $(STAMP)

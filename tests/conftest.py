@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",

@@ -149,7 +149,8 @@ def _fit(
     scheduler = _schedule(optimizer, cfg["epochs"], steps)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     rng = np.random.default_rng(seed)
-    rows, best_state, best_metric, best_epoch = [], None, -math.inf, 0
+    rows, best_state, best_epoch = [], None, 0
+    best_score: tuple[float, float] = (-math.inf, -math.inf)
     for epoch in range(1, cfg["epochs"] + 1):
         start, losses = time.perf_counter(), []
         model.train()
@@ -164,9 +165,10 @@ def _fit(
             losses.append(loss.item() * len(batch))
         model.eval()
         val_loss, val_metric = validate()
-        score = val_metric if not math.isnan(val_metric) else -val_loss
-        if score > best_metric:
-            best_metric, best_epoch = score, epoch
+        # Higher metric wins; on a tie (small validation sets saturate) the lower loss does.
+        score = (val_metric if not math.isnan(val_metric) else -math.inf, -val_loss)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         rows.append(
             {
@@ -179,7 +181,9 @@ def _fit(
             }
         )
     assert best_state is not None
-    return TrainResult(best_state, pd.DataFrame(rows), best_epoch, best_metric, device.type)
+    history = pd.DataFrame(rows)
+    best_metric = float(history.loc[best_epoch - 1, "val_metric"])
+    return TrainResult(best_state, history, best_epoch, best_metric, device.type)
 
 
 def train_classifier(
