@@ -17,13 +17,14 @@ BIN = Path(sys.executable).parent
 
 TINY = {
     "demo": {
-        "patients_per_modality": 10,
+        "patients_per_modality": 12,
         "max_studies_per_patient": 2,
         "images_per_study": 2,
         "image_size": 96,
         "lesion_fraction": 0.5,
     },
     "preprocess": {"image_size": 64},
+    "split": {"val_fraction": 0.25, "test_fraction": 0.25},
     "train": {
         "classifier": {"epochs": 2, "batch_size": 16},
         "segmenter": {"epochs": 2, "batch_size": 8, "channels": [8, 16, 32]},
@@ -60,6 +61,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, work / name)
     shutil.copytree(ROOT / "workflow", work / "workflow")
+    (work / "src").symlink_to(ROOT / "src")  # dvc.yaml tracks the stage modules as deps
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run([str(BIN / "dvc"), "init", "--no-scm", "-q"], work)

@@ -93,3 +93,10 @@ def test_split_is_reproducible_for_a_seed_and_changes_with_it():
 def test_split_refuses_too_few_patients():
     with pytest.raises(ValueError, match="patient"):
         split.assign_splits(_index(n_patients=2), 0.15, 0.15, seed=1)
+
+
+def test_split_puts_every_class_in_every_set_even_with_few_patients():
+    for seed in range(5):
+        table = split.assign_splits(_index(n_patients=12, seed=seed), 0.2, 0.2, seed=seed)
+        assert split.missing_cells(table) == [], seed
+        assert (table.groupby("patient_key")["split"].nunique() == 1).all()

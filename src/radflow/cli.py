@@ -182,6 +182,13 @@ def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
     _write_csv(Path(args.out), table)
     counts = table.groupby(["split", "label"]).size().to_dict()
     log.info("split %s: %s", args.modality, counts)
+    missing = split.missing_cells(table)
+    if missing:
+        log.warning(
+            "split %s: no image for %s; some metrics will be undefined",
+            args.modality,
+            ", ".join(missing),
+        )
 
 
 def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:

@@ -25,10 +25,37 @@ def _take_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: in
     return chosen
 
 
+def _assign_once(
+    labels: np.ndarray, groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    split = np.full(len(labels), "train", dtype=object)
+    is_test = _take_fold(labels, groups, test_fraction, seed)
+    split[is_test] = "test"
+    rest = ~is_test
+    val_share = val_fraction / (1 - test_fraction)
+    is_val = _take_fold(labels[rest], groups[rest], val_share, seed + 1)
+    split[np.flatnonzero(rest)[is_val]] = "val"
+    return split
+
+
+def _coverage(labels: np.ndarray, split: np.ndarray) -> int:
+    """How many (split, class) cells hold at least one image."""
+    return len({(s, lab) for s, lab in zip(split, labels, strict=True)})
+
+
 def assign_splits(
-    index: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    index: pd.DataFrame,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    attempts: int = 50,
 ) -> pd.DataFrame:
-    """One row per image with its split; raises when there are too few patients."""
+    """One row per image with its split; raises when there are too few patients.
+
+    With few patients a single stratified group fold can leave a class out of val or test
+    (metrics then undefined), so seeded re-draws are tried until every split holds every
+    class, keeping the best draw when none does.
+    """
     patients = index["patient_key"].nunique()
     if patients < 3:
         raise ValueError(
@@ -37,13 +64,26 @@ def assign_splits(
         )
     labels = index["label"].to_numpy()
     groups = index["patient_key"].to_numpy()
-    split = np.full(len(index), "train", dtype=object)
-    is_test = _take_fold(labels, groups, test_fraction, seed)
-    split[is_test] = "test"
-    rest = ~is_test
-    val_share = val_fraction / (1 - test_fraction)
-    is_val = _take_fold(labels[rest], groups[rest], val_share, seed + 1)
-    split[np.flatnonzero(rest)[is_val]] = "val"
+    full = len(SPLITS) * len(np.unique(labels))
+    best, best_cover = None, -1
+    for attempt in range(attempts):
+        split = _assign_once(labels, groups, val_fraction, test_fraction, seed + 7919 * attempt)
+        cover = _coverage(labels, split)
+        if cover > best_cover:
+            best, best_cover = split, cover
+        if cover == full:
+            break
     out = index[["image_id", "array_index", "patient_key", "label"]].copy()
-    out["split"] = split
+    out["split"] = best
     return out.reset_index(drop=True)
+
+
+def missing_cells(table: pd.DataFrame) -> list[str]:
+    """(split, class) pairs with no image, for a warning in the log."""
+    present = set(zip(table["split"], table["label"], strict=True))
+    return [
+        f"{s}/{lab}"
+        for s in SPLITS
+        for lab in sorted(table["label"].unique())
+        if (s, lab) not in present
+    ]
