@@ -114,3 +114,18 @@ def test_dvc_is_up_to_date_after_snakemake_and_snakemake_after_dvc(project):
     assert "didn't change" in repro or "up to date" in repro.lower(), repro
     dry = _run([str(BIN / "snakemake"), "-n"], project).stdout
     assert "Nothing to be done" in dry, dry
+
+
+def test_predict_scores_a_folder_with_the_trained_model(project):
+    _run(
+        [str(BIN / "radflow"), "predict", "--model", "models/xray/classifier",
+         "--images", "data/raw/demo/xray", "--out", "preds.csv"],
+        project,
+    )  # fmt: skip
+    import pandas as pd
+
+    preds = pd.read_csv(project / "preds.csv", keep_default_na=False)
+    assert len(preds) == len(list((project / "data/raw/demo/xray").rglob("*.dcm")))
+    assert {"path", "prob_normal", "prob_opacity", "pred_label"} <= set(preds.columns)
+    assert (preds["error"] == "").all()
+    assert ((preds["prob_normal"] + preds["prob_opacity"]).round(4) == 1).all()

@@ -286,3 +286,21 @@ def test_segmentation_rejects_probabilities_and_mismatched_shapes():
         ev.segmentation_metrics(np.full((2, 8, 8), 0.4), true, 10, 0.95, 0)
     with pytest.raises(ValueError, match="differ"):
         ev.segmentation_metrics(np.zeros((2, 8, 9), dtype=bool), true, 10, 0.95, 0)
+
+
+def test_predictions_table_has_one_probability_column_per_class():
+    import pandas as pd
+
+    cases = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "array_index": [3, 7],
+            "patient_key": ["P1", "P2"],
+            "label": ["neg", "pos"],
+        }
+    )
+    probs = np.array([[0.8, 0.2], [0.3, 0.7]])
+    table = ev.predictions_table(cases, probs, ["neg", "pos"])
+    assert list(table["pred_label"]) == ["neg", "pos"]
+    assert list(table.columns[-2:]) == ["prob_neg", "prob_pos"]
+    np.testing.assert_allclose(table["prob_pos"], [0.2, 0.7])

@@ -226,9 +226,8 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         cfg = params["train"]["classifier"]
         meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
     else:
-        has_mask = index.set_index("array_index")["has_mask"]
-        train_idx = train_idx[has_mask.loc[train_idx].to_numpy() == 1]
-        val_idx = val_idx[has_mask.loc[val_idx].to_numpy() == 1]
+        train_idx = train.with_masks(train_idx, index)
+        val_idx = train.with_masks(val_idx, index)
         if len(train_idx) == 0 or len(val_idx) == 0:
             reason = f"no lesion masks for {args.modality} in the train and val sets"
             log.warning(
@@ -276,10 +275,7 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
     result = evaluate.classification_metrics(
         y_true, probs, classes, ev["bootstrap_samples"], ev["ci_level"], params["seed"]
     )
-    predictions = test[["image_id", "array_index", "patient_key", "label"]].copy()
-    predictions["pred_label"] = [classes[i] for i in probs.argmax(axis=1)]
-    for i, name in enumerate(classes):
-        predictions[f"prob_{name}"] = probs[:, i]
+    predictions = evaluate.predictions_table(test, probs, classes)
     out = Path(args.out)
     seg_summary, seg_table = _evaluate_segmenter(
         Path(args.models) / "segmenter", images, masks, index, test, ev, params["seed"]
@@ -318,8 +314,8 @@ def _evaluate_segmenter(
     empty = pd.DataFrame(columns=["image_id", "dice", "iou", "truth_empty"])
     if not read_json(seg_dir / "meta.json").get("trained", False):
         return None, empty
-    has_mask = index.set_index("array_index")["has_mask"]
-    rows = test[has_mask.loc[test["array_index"]].to_numpy() == 1].reset_index(drop=True)
+    rows = test[test["array_index"].isin(train.with_masks(test["array_index"], index))]
+    rows = rows.reset_index(drop=True)
     if rows.empty:
         return None, empty
     model, _ = models.load_model(seg_dir)

@@ -389,3 +389,12 @@ def segmentation_metrics(
         }
     )
     return result, table
+
+
+def predictions_table(cases: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per test case: ids, truth, predicted label (argmax), one prob_<class> each."""
+    table = cases[["image_id", "array_index", "patient_key", "label"]].copy()
+    table["pred_label"] = [classes[i] for i in probs.argmax(axis=1)]
+    for i, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, i]
+    return table.reset_index(drop=True)

@@ -40,6 +40,13 @@ class TrainResult:
     device: str
 
 
+def with_masks(indices: np.ndarray | pd.Series, index: pd.DataFrame) -> np.ndarray:
+    """The array indices whose image has a mask file: the segmenter learns only from those."""
+    has_mask = index.set_index("array_index")["has_mask"].astype(int)
+    indices = np.asarray(indices)
+    return indices[has_mask.loc[indices].to_numpy() == 1]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
