@@ -30,7 +30,7 @@ TINY = {
         "segmenter": {"epochs": 2, "batch_size": 8, "channels": [8, 16, 32]},
     },
     "evaluate": {"bootstrap_samples": 50},
-    "explain": {"samples": 2},
+    "explain": {"samples": 2, "methods": ["gradcam", "saliency"]},
 }
 
 

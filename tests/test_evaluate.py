@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
@@ -304,3 +305,136 @@ def test_predictions_table_has_one_probability_column_per_class():
     assert list(table["pred_label"]) == ["neg", "pos"]
     assert list(table.columns[-2:]) == ["prob_neg", "prob_pos"]
     np.testing.assert_allclose(table["prob_pos"], [0.2, 0.7])
+
+
+# ------------------------------------------------- operating point, curves, calibration
+
+
+def _binary_case(seed: int = 0, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    p1 = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.25, n), 0.01, 0.99)
+    return y, np.stack([1 - p1, p1], axis=1)
+
+
+def test_a_threshold_changes_the_decisions_and_the_bootstrap_follows():
+    y, probs = _binary_case()
+    default = ev.classification_metrics(y, probs, ["neg", "pos"], 200, 0.95, 0)
+    low = ev.classification_metrics(y, probs, ["neg", "pos"], 200, 0.95, 0, threshold=0.1)
+    sens_low = low["classification"]["sensitivity"]
+    assert sens_low["value"] >= default["classification"]["sensitivity"]["value"]
+    assert sens_low["ci_low"] <= sens_low["value"] <= sens_low["ci_high"]
+    assert low["classification"]["auc"] == default["classification"]["auc"]
+    assert np.array_equal(ev.decide(probs, 0.1), (probs[:, 1] >= 0.1).astype(int))
+
+
+def test_operating_point_records_the_rule_and_lies_on_the_roc_curve():
+    y, probs = _binary_case()
+    classes = ["neg", "pos"]
+    arg = ev.operating_point(y, probs, classes, None)
+    thr = ev.operating_point(y, probs, classes, 0.3)
+    assert arg["rule"] == "argmax" and arg["threshold"] is None
+    assert thr["rule"] == "threshold" and thr["threshold"] == 0.3
+    fpr, tpr, cut = skm.roc_curve(y, probs[:, 1], drop_intermediate=False)
+    on_curve = np.flatnonzero(cut >= 0.3)[-1]
+    assert thr["fpr"] == pytest.approx(fpr[on_curve]) and thr["tpr"] == pytest.approx(tpr[on_curve])
+    result = ev.classification_metrics(y, probs, classes, 0, 0.95, 0, threshold=0.3)
+    assert thr["tpr"] == pytest.approx(result["classification"]["sensitivity"]["value"])
+    with pytest.raises(ValueError, match="threshold"):
+        ev.operating_point(y, probs, classes, 1.5)
+
+
+def test_multiclass_ignores_a_threshold_and_uses_argmax():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=30)
+    y = np.arange(30) % 3
+    point = ev.operating_point(y, probs, ["a", "b", "c"], 0.3)
+    assert point["rule"] == "argmax"
+    accuracy = float(np.mean(probs.argmax(1) == y))
+    assert point["tpr"] == pytest.approx(accuracy)  # micro TPR = accuracy
+
+
+def test_pr_table_matches_average_precision_and_ends_without_threshold():
+    y, probs = _binary_case()
+    table = ev.pr_table(y, probs, ["neg", "pos"])
+    assert np.isnan(table["threshold"].iloc[-1])
+    ap = -np.sum(np.diff(table["recall"]) * table["precision"].to_numpy()[:-1])
+    assert ap == pytest.approx(skm.average_precision_score(y, probs[:, 1]))
+
+
+def test_ece_is_zero_for_a_calibrated_histogram_and_has_an_interval():
+    y = np.array([1] * 8 + [0] * 2 + [1] * 2 + [0] * 8)
+    p1 = np.array([0.85] * 10 + [0.15] * 10)  # bins 8 and 1: observed 0.8 and 0.2
+    probs = np.stack([1 - p1, p1], axis=1)
+    cal = ev.calibration(y, probs, ["neg", "pos"], 10, 200, 0.95, 0)
+    assert cal["ece"]["value"] == pytest.approx(0.05)
+    assert cal["ece"]["ci_low"] <= 0.05 <= cal["ece"]["ci_high"]
+    counts = [b["count"] for b in cal["bins"]]
+    assert sum(counts) == 20 and counts[8] == 10 and counts[1] == 10
+    assert cal["bins"][8]["observed"] == pytest.approx(0.8)
+    assert cal["bins"][0]["mean_confidence"] is None
+
+
+def test_batched_ece_agrees_with_a_direct_loop():
+    y, probs = _binary_case(3)
+    conf, outcome = probs[:, 1], (y == 1).astype(float)
+    bins = np.clip((conf * 7).astype(int), 0, 6)
+    direct = sum(
+        abs(conf[bins == b].mean() - outcome[bins == b].mean()) * (bins == b).sum() / len(y)
+        for b in range(7)
+        if (bins == b).any()
+    )
+    assert ev.calibration(y, probs, ["n", "p"], 7, 0, 0.95, 0)["ece"]["value"] == pytest.approx(
+        direct
+    )
+
+
+# ------------------------------------------------------------------------- subgroups
+
+
+def test_subgroups_from_present_columns_with_age_banded():
+    y, probs = _binary_case(n=40)
+    groups = pd.DataFrame(
+        {"sex": ["F", "M"] * 20, "age": ["034Y", "71"] * 10 + [""] * 20, "other": 1}
+    )
+    result = ev.subgroup_metrics(groups, y, probs, ["neg", "pos"], 50, 0.95, 0)
+    assert result["columns"] == ["sex", "age_band"]
+    names = {(g["column"], g["group"]): g["n"] for g in result["groups"]}
+    assert names[("sex", "F")] == 20 and names[("age_band", "unknown")] == 20
+    assert names[("age_band", "18-39")] + names[("age_band", "60-79")] == 20
+    sex_f = next(g for g in result["groups"] if g["group"] == "F")
+    assert set(sex_f["metrics"]) == set(ev.SUBGROUP_METRICS)
+
+
+def test_no_subgroup_columns_gives_an_empty_analysis():
+    y, probs = _binary_case(n=10)
+    result = ev.subgroup_metrics(
+        pd.DataFrame({"label": ["x"] * 10}), y, probs, ["a", "b"], 10, 0.95, 0
+    )
+    assert result == {"columns": [], "groups": []}
+
+
+def test_age_bands():
+    assert [ev.age_band(a) for a in ("5", "018Y", "59", "80", "abc", "")] == [
+        "0-17",
+        "18-39",
+        "40-59",
+        "80+",
+        "unknown",
+        "unknown",
+    ]
+
+
+def test_misclassified_lists_wrong_cases_by_confidence():
+    table = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "label": ["x", "x", "y"],
+            "pred_label": ["y", "x", "x"],
+            "prob_x": [0.3, 0.9, 0.8],
+            "prob_y": [0.7, 0.1, 0.2],
+        }
+    )
+    wrong = ev.misclassified(table)
+    assert list(wrong["image_id"]) == ["c", "a"]
+    assert list(wrong["confidence"]) == [0.8, 0.7]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights in tests
@@ -225,3 +226,103 @@ def test_overlay_filenames_are_safe_and_distinct():
     names = {ex.overlay_filename(i, "gradcam") for i in ["a/b", "a_b", "../a b", "a b"]}
     assert len(names) == 4
     assert all("/" not in n and " " not in n and n.endswith("_gradcam.png") for n in names)
+
+
+# ------------------------------------------------------- insertion, random, localisation
+
+
+def test_insertion_auc_is_higher_for_the_true_region_than_for_its_complement(model, batch):
+    images, masks = batch
+    true_map, wrong_map = masks[0].astype(float), (~masks[0]).astype(float)
+    good = ex.insertion_auc(model, images[0], 1, true_map)
+    bad = ex.insertion_auc(model, images[0], 1, wrong_map)
+    assert good > bad
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
+def test_real_explanations_beat_the_random_baseline(method, model, batch):
+    images, _ = batch
+    maps = ex.explain(model, images, [1, 1], method, seed=0)
+    baseline = ex.random_baseline(model, images[0], 1, seed=0, n_orders=2)
+    assert ex.deletion_auc(model, images[0], 1, maps[0]) < baseline["deletion_auc"]
+    assert ex.insertion_auc(model, images[0], 1, maps[0]) > baseline["insertion_auc"]
+    assert baseline == ex.random_baseline(model, images[0], 1, seed=0, n_orders=2)
+
+
+def test_pointing_game_hits_inside_and_within_tolerance_and_misses_outside():
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[40:50, 40:50] = True
+    heat = np.zeros((100, 100))
+    heat[45, 45] = 1.0
+    assert ex.pointing_game(heat, mask) is True
+    near = np.zeros((100, 100))
+    near[52, 45] = 1.0  # 3 px below the lesion; tolerance 0.03 * 100 = 3 px
+    assert ex.pointing_game(near, mask, tolerance=0.03) is True
+    assert ex.pointing_game(near, mask, tolerance=0.0) is False
+    far = np.zeros((100, 100))
+    far[5, 5] = 1.0
+    assert ex.pointing_game(far, mask) is False
+    assert ex.pointing_game(far, np.zeros_like(mask)) is None
+    assert ex.pointing_game(np.zeros((100, 100)), mask) is None
+
+
+def test_energy_in_lesion_is_the_share_of_relevance_inside():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[:5] = True
+    heat = np.zeros((10, 10))
+    heat[:5] = 3.0
+    heat[5:] = 1.0
+    assert ex.energy_in_lesion(heat, mask) == pytest.approx(0.75)
+    assert ex.energy_in_lesion(np.ones((10, 10)), mask) == pytest.approx(mask.mean())
+    assert ex.energy_in_lesion(heat, np.zeros_like(mask)) is None
+
+
+def test_box_variants_use_centre_and_size_in_pixels():
+    boxes = np.array([[30.0, 20.0, 10.0, 6.0]])  # centre x=30, y=20, 10 wide, 6 high
+    mask = ex.boxes_to_mask((50, 60), boxes)
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (17, 22, 25, 34)
+    heat = np.zeros((50, 60))
+    heat[20, 30] = 1.0
+    assert ex.pointing_game_boxes(heat, boxes) is True
+    assert ex.energy_in_boxes(heat, boxes) == pytest.approx(1.0)
+    heat[20, 30], heat[45, 5] = 0.0, 1.0
+    assert ex.pointing_game_boxes(heat, boxes) is False
+
+
+def test_summary_ranks_methods_by_insertion_minus_deletion():
+    def rec(method, dele, ins, hit):
+        return {
+            "method": method,
+            "deletion_auc": dele,
+            "insertion_auc": ins,
+            "random_deletion_auc": 0.5,
+            "random_insertion_auc": 0.5,
+            "pointing_hit": hit,
+            "energy_in_lesion": 0.3 if hit is not None else None,
+        }
+
+    rows = ex.summarise(
+        [rec("a", 0.4, 0.6, None), rec("b", 0.1, 0.9, True), rec("b", 0.2, 0.8, False)]
+    )
+    assert [r["method"] for r in rows] == ["b", "a"] and [r["rank"] for r in rows] == [1, 2]
+    best = rows[0]
+    assert best["score"] == pytest.approx(0.7) and best["deletion_gain"] == pytest.approx(0.35)
+    assert best["pointing_hit_rate"] == 0.5 and best["n_localised"] == 2
+    assert rows[1]["pointing_hit_rate"] is None and rows[1]["energy_in_lesion"] is None
+
+
+def test_case_thumbnail_is_a_deterministic_png_of_both_panels():
+    image = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    png = ex.case_thumbnail(image, image[::-1], size=48)
+    assert png.startswith(b"\x89PNG") and png == ex.case_thumbnail(image, image[::-1], size=48)
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(png)).size == (98, 48)
+
+
+def test_overlay_outlines_the_lesion_when_given():
+    image = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    lesion = np.zeros((32, 32), dtype=bool)
+    lesion[8:16, 8:16] = True
+    assert ex.overlay_png(image, image, "t", lesion) != ex.overlay_png(image, image, "t")

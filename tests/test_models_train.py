@@ -121,3 +121,54 @@ def test_saved_model_reloads_and_predicts_a_folder(tmp_path):
     assert list(table.columns[:3]) == ["path", "prob_neg", "prob_pos"]
     assert len(table) == 3
     np.testing.assert_allclose(table[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_training_resumes_from_the_last_checkpoint_after_an_interruption(tmp_path, monkeypatch):
+    images, _, labels = _squares()
+    cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 3}}
+    checkpoint = tmp_path / "ckpt.pt"
+    real_save = train._save_checkpoint
+
+    def save_then_die(path, model, optimizer, scheduler, rng, state):
+        real_save(path, model, optimizer, scheduler, rng, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0,
+                               checkpoint)  # fmt: skip
+    first_two = torch.load(checkpoint, weights_only=False)["state"]["rows"]
+    monkeypatch.setattr(train, "_save_checkpoint", real_save)
+    result, _ = train.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0, checkpoint
+    )
+    assert list(result.history["epoch"]) == [1, 2, 3]
+    assert result.history["train_loss"].iloc[:2].tolist() == [r["train_loss"] for r in first_two]
+
+
+def test_early_stopping_ends_training_after_patience_epochs_without_gain():
+    images, _, labels = _squares()
+    cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 30, "patience": 2}}
+    result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
+                                       cfg, 0)  # fmt: skip
+    assert len(result.history) < 30
+    assert len(result.history) - result.best_epoch == 2
+
+
+def test_backbone_learns_slower_than_the_new_head():
+    model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
+    groups = train._param_groups(model, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    head = {id(p) for p in model.get_classifier().parameters()}
+    assert {id(p) for p in groups[1]["params"]} == head
+
+
+def test_decision_fits_temperature_and_threshold_on_validation():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    signal = (labels * 2 - 1) + rng.normal(0, 1, 200)
+    logits = np.stack([-signal, signal], axis=1) * 5
+    out = train.decide(logits, labels, {"threshold": "youden"})
+    assert out["temperature"] > 1 and out["val_ece"] < out["val_ece_uncalibrated"]
+    assert 0 < out["threshold"] < 1 and out["threshold_policy"] == "youden"

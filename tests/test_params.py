@@ -48,3 +48,40 @@ def test_classes_follow_params_order_and_reject_unknown_labels():
     assert params.classes_for(loaded, "ct", ["nodule", "no_nodule"]) == ["no_nodule", "nodule"]
     with pytest.raises(params.ParamsError, match="data.classes.ct"):
         params.classes_for(loaded, "ct", ["nodule", "mystery"])
+
+
+def test_profile_overlay_merges_over_params_by_environment(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("modalities: [ct]\ntrain:\n  classifier:\n    epochs: 3\n")
+    merged = params.load(ROOT / "params.yaml", environ={params.PROFILE_ENV: str(profile)})
+    plain = params.load(ROOT / "params.yaml", environ={})
+    assert merged["modalities"] == ["ct"] and merged["train"]["classifier"]["epochs"] == 3
+    # untouched siblings survive the merge
+    assert merged["train"]["classifier"]["lr"] == plain["train"]["classifier"]["lr"]
+
+
+def test_a_profile_breaking_the_schema_is_refused(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("train:\n  classifier:\n    epochs: zero\n")
+    with pytest.raises(params.ParamsError, match="train.classifier.epochs"):
+        params.load(ROOT / "params.yaml", environ={params.PROFILE_ENV: str(profile)})
+
+
+def test_shipped_profiles_validate():
+    for profile in (ROOT / "profiles").glob("*.yaml"):
+        params.load(ROOT / "params.yaml", environ={params.PROFILE_ENV: str(profile)})
+
+
+def test_dvc_arguments_set_exactly_the_profile_values():
+    overlay = {
+        "modalities": ["xray"],
+        "data": {"label_map": {"0": "no", "1": "yes"}, "patient_key": {"patterns": [r"^(\d+)_x$"]}},
+        "seed": 3,
+    }
+    args = params.dvc_set_args(overlay)
+    assert args[::2] == ["-S"] * (len(args) // 2)
+    values = args[1::2]
+    assert "++modalities=['xray']" in values
+    assert "++data.label_map={0:'no',1:'yes'}" in values
+    assert r"++data.patient_key.patterns=['^(\d+)_x$']" in values
+    assert "++seed=3" in values

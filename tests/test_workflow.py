@@ -72,7 +72,7 @@ def _use_folder_source(project: Path) -> dict:
     """Switch the copy to data.source: folder, with an existing raw folder and labels CSV."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     raw = "data/raw/mine"
-    params["data"].update(source="folder", raw_dir=raw, labels_csv=f"{raw}/labels.csv")
+    params["data"].update(source="folder", root=raw, raw_dir=raw, labels_csv=f"{raw}/labels.csv")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / raw).mkdir(parents=True)
     (project / raw / "labels.csv").write_text("path,label\n")
@@ -255,9 +255,9 @@ def test_snakemake_and_dvc_agree_for_a_user_folder(project: Path) -> None:
     assert ("demo", None) not in smk
     assert dvc.pop(("demo", None)).outputs == {"data/raw/demo"}
     _assert_same_pipeline(smk, dvc)
-    raw = params["data"]["raw_dir"]
-    assert smk[("ingest", None)].inputs == {raw, params["data"]["labels_csv"]}
-    assert raw in smk[("anonymise", None)].inputs
+    root = params["data"]["root"]
+    assert smk[("ingest", None)].inputs == {root}
+    assert root in smk[("anonymise", None)].inputs
 
 
 def test_rules_and_dvc_stages_read_the_same_params(project: Path) -> None:
@@ -321,7 +321,22 @@ def test_snakemake_refuses_config_overrides(project: Path) -> None:
     done = _snakemake(project, "--dry-run", "--cores", "1", "--config", "seed=7")
 
     assert done.returncode != 0
-    assert "edit params.yaml instead of passing --config" in done.stdout + done.stderr
+    assert "instead of passing --config" in done.stdout + done.stderr
+
+
+def test_snakemake_takes_a_profile_but_no_other_configfile(project: Path) -> None:
+    """A profile under profiles/ reaches the stages through RADFLOW_PROFILE; others are refused."""
+    (project / "profiles").mkdir(exist_ok=True)
+    (project / "profiles" / "tiny.yaml").write_text("seed: 7\nmodalities: [ct]\n")
+    (project / "elsewhere.yaml").write_text("seed: 7\n")
+
+    done = _snakemake(project, "--dry-run", "--cores", "1", "--configfile", "profiles/tiny.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reports/ct.html" in done.stdout and "reports/mri.html" not in done.stdout
+
+    refused = _snakemake(project, "--dry-run", "--cores", "1", "--configfile", "elsewhere.yaml")
+    assert refused.returncode != 0
+    assert "a profile under profiles/" in refused.stdout + refused.stderr
 
 
 def test_snakemake_refuses_a_folder_source_in_the_demo_tree(project: Path) -> None:

@@ -1,8 +1,11 @@
-"""De-identification: the radflow basic profile v1 (a step towards PS3.15 Annex E).
+"""De-identification: DICOM PS3.15 Basic Application Level Confidentiality Profile.
 
-Why this shape: every element of a dataset gets one action code from a table keyed by tag,
-the codes of PS3.15 Table E.1-1, so that a versioned E.1-1 table can later replace
-``BASIC_PROFILE_V1`` without touching the code that applies it:
+The action for every element comes from Table E.1-1 of the edition chosen in params
+(``anonymise.table_edition``), read from the maintained, versioned copy that the PyPI
+package dicom-anonymizer ships; the supported options (longitudinal modified dates,
+patient characteristics, device identity, institution identity, UIDs, clean descriptors,
+safe private tags) change that table as ``radflow.anonymise_profile`` describes. Codes as
+applied here:
 
 ====  ==========================================================================
 code  meaning here
@@ -11,56 +14,37 @@ D     replace with a dummy value; PatientName and PatientID get the pseudonym
 Z     replace with an empty value (sequence: no items)
 X     remove the element (sequence: with all its items)
 K     keep (a kept sequence is still walked: its items get the same rules)
-C     clean: DA/DT values move back by the patient's keyed offset in whole days;
-      a value that cannot be parsed is emptied instead (audited as Z)
+C     DA/DT values move back by the patient's keyed offset in whole days (retain
+      longitudinal temporal information, modified dates); a value that cannot be
+      parsed is emptied instead (audited as Z). Descriptors cleaned by the clean
+      descriptors option are audited as C too.
 U     replace each UID by ``2.25.<int>`` from HMAC-SHA256(key, uid): the same UID
       gives the same new UID in every file and run with the same key; UIDs under
       the DICOM root 1.2.840.10008 (well-known, not instance-specific) are kept
 ====  ==========================================================================
 
-How an element's action is found, in this order, at every sequence depth:
+How an element's action is found, at every sequence depth:
 
-1. private tags (odd groups, private creators included): X
+1. private tags (odd groups): X, unless (group, creator, element) is in
+   ``anonymise.safe_private_tags`` (then kept, with its creator)
 2. curves (50xx,xxxx), overlays (60xx,xxxx) and group lengths (gggg,0000): X
-3. the table (``BASIC_PROFILE_V1``, by keyword below)
+3. Table E.1-1 with the options applied
 4. by VR, for elements the table does not name: UI -> U (class and transfer syntax UIDs
-   -> K), PN -> Z, DA/DT -> C, free text LT/ST/UT -> X, UN (unknown content) -> X
+   -> K), PN -> Z, DA/DT -> C (X without the longitudinal option), free text LT/ST/UT
+   and UN (unknown content) -> X, sequences -> walked
 5. anything else: K
 
-The table, by group (see ``_PATIENT`` ... ``_CONTAINERS`` for the full lists):
+Afterwards PatientIdentityRemoved = YES, DeidentificationMethod names the table edition,
+DeidentificationMethodCodeSequence lists the CID 7050 codes of exactly what was applied,
+LongitudinalTemporalInformationModified = MODIFIED (or REMOVED without the option), the
+file meta MediaStorageSOPInstanceUID = the new SOPInstanceUID, the application entity
+titles, presentation addresses and private information of the file meta are removed and
+the 128-byte preamble is zeroed (it can hold a TIFF header with its own metadata).
 
-- patient: PatientName, PatientID -> D (pseudonym); PatientBirthDate -> Z; other IDs,
-  other names, birth time/name, address, telephone/telecom, residence, military rank,
-  ethnic group, occupation, religion, insurance, comments, history, alerts, allergies,
-  size, weight, responsible person -> X; PatientSex, PatientAge -> K (kept by default:
-  the "Retain Patient Characteristics" choice is a later option)
-- visit and request: AccessionNumber, StudyID -> Z; admission, requested/scheduled/
-  performed procedure IDs and descriptions, order numbers, RequestAttributesSequence -> X
-- free text: StudyDescription, SeriesDescription, ImageComments, StudyComments,
-  AcquisitionComments, FrameComments, DerivationDescription, ProtocolName ... -> X
-- people and places: ReferringPhysicianName, ContentCreatorName -> Z; all other
-  physicians, operators, institution name/address/department, station name, device
-  serial number, detector/gantry/plate/cassette IDs, time zone offset -> X
-- UIDs: Study/Series/SOP instance, frame of reference, referenced SOP instance, device,
-  instance creator, irradiation event, concatenation ... -> U; SOP class, referenced SOP
-  class, transfer syntax, coding scheme UIDs -> K
-- dates: StudyDate, SeriesDate, AcquisitionDate, ContentDate, InstanceCreationDate,
-  AcquisitionDateTime (and every other DA/DT by VR) -> C; times (TM) -> K, because a
-  whole-day shift leaves the time of day as it was
-- containers of hidden copies: OriginalAttributesSequence, digital signatures, MAC and
-  encrypted attributes, HL7 document references, icon images,
-  DeidentificationMethodCodeSequence -> X
-
-Afterwards PatientIdentityRemoved = YES, DeidentificationMethod = ``PROFILE_NAME``,
-LongitudinalTemporalInformationModified = MODIFIED, the file meta
-MediaStorageSOPInstanceUID = the new SOPInstanceUID, the application entity titles,
-presentation addresses and private information of the file meta are removed and the
-128-byte preamble is zeroed (it can hold a TIFF header with its own metadata).
-
-Not done yet (the report says so): pixel data are never inspected, so images that may
-carry burned-in text (BurnedInAnnotation YES, US, SC/secondary capture, XC photographs)
-are quarantined rather than cleaned; non-DICOM files (PNG, JPEG, NIfTI) are copied byte
-for byte, so text chunks, EXIF or NIfTI descrip/extensions are not scrubbed.
+Pixel data pass through byte for byte unless a blackout rule cleans them
+(``radflow.anonymise_pixels``); images that may carry burned-in text and match no rule
+are quarantined. Non-DICOM files (PNG, JPEG, NIfTI) of the pipeline are copied byte for
+byte, so text chunks, EXIF or NIfTI descrip/extensions are not scrubbed.
 """
 
 from __future__ import annotations
@@ -69,37 +53,44 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import re
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import pydicom
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement, empty_value_for_VR
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom import config
+from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
+from pydicom.sequence import Sequence
 from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
 )
 
 from radflow import manifest as mf
+from radflow.anonymise_pixels import (
+    BlackoutRule,
+    black_out,
+    burned_in_reason,
+    matching_rule,
+    rules_from_params,
+)
+from radflow.anonymise_profile import DESCRIPTORS, Options, Profile, build_profile, tags_for
 from radflow.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-Action = Literal["D", "Z", "X", "K", "C", "U"]
+__all__ = ["burned_in_reason", "Options", "Settings"]
 
-PROFILE_NAME = "radflow basic profile v1"
 STAGE = "anonymise"
 DEFAULT_KEY_ENV = "RADFLOW_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 16
@@ -109,202 +100,6 @@ DICOM_ROOT = "1.2.840.10008."
 DATE_SHIFT_DAYS = (366, 3652)  # dates move back by 1 to 10 years, per patient
 AUDIT_COLUMNS = ["image_id", "tag", "keyword", "action", "path"]
 TREE_AUDIT_COLUMNS = ["file", "tag", "keyword", "action", "path"]
-
-# ---------------------------------------------------------------------------------------
-# The action table (keyword -> code). Keywords are checked against pydicom's dictionary at
-# import, so a typo fails loudly instead of silently keeping an identifier.
-
-_PATIENT: dict[str, Action] = {
-    "PatientName": "D",
-    "PatientID": "D",
-    "IssuerOfPatientID": "X",
-    "IssuerOfPatientIDQualifiersSequence": "X",
-    "TypeOfPatientID": "X",
-    "OtherPatientIDs": "X",
-    "OtherPatientIDsSequence": "X",
-    "OtherPatientNames": "X",
-    "PatientBirthDate": "Z",
-    "PatientBirthTime": "X",
-    "PatientBirthName": "X",
-    "PatientMotherBirthName": "X",
-    "PatientBirthDateInAlternativeCalendar": "X",
-    "PatientDeathDateInAlternativeCalendar": "X",
-    "PatientAlternativeCalendar": "X",
-    "PatientAddress": "X",
-    "PatientTelephoneNumbers": "X",
-    "PatientTelecomInformation": "X",
-    "CountryOfResidence": "X",
-    "RegionOfResidence": "X",
-    "MilitaryRank": "X",
-    "BranchOfService": "X",
-    "MedicalRecordLocator": "X",
-    "EthnicGroup": "X",
-    "Occupation": "X",
-    "PatientReligiousPreference": "X",
-    "PatientInsurancePlanCodeSequence": "X",
-    "PatientPrimaryLanguageCodeSequence": "X",
-    "PatientComments": "X",
-    "AdditionalPatientHistory": "X",
-    "MedicalAlerts": "X",
-    "Allergies": "X",
-    "SmokingStatus": "X",
-    "LastMenstrualDate": "X",
-    "PatientState": "X",
-    "SpecialNeeds": "X",
-    "PatientTransportArrangements": "X",
-    "PatientSize": "X",
-    "PatientWeight": "X",
-    "ResponsiblePerson": "X",
-    "ResponsibleOrganization": "X",
-    "ReferencedPatientSequence": "X",
-    "ReferencedPatientPhotoSequence": "X",
-    "PatientSex": "K",
-    "PatientAge": "K",
-}
-
-_VISIT: dict[str, Action] = {
-    "AccessionNumber": "Z",
-    "IssuerOfAccessionNumberSequence": "X",
-    "StudyID": "Z",
-    "StudyIDIssuer": "X",
-    "AdmissionID": "X",
-    "AdmittingDiagnosesDescription": "X",
-    "AdmittingDiagnosesCodeSequence": "X",
-    "DischargeDiagnosisDescription": "X",
-    "CurrentPatientLocation": "X",
-    "PatientInstitutionResidence": "X",
-    "VisitComments": "X",
-    "RequestAttributesSequence": "X",
-    "RequestedProcedureDescription": "X",
-    "RequestedProcedureID": "X",
-    "RequestedProcedureComments": "X",
-    "RequestedProcedureLocation": "X",
-    "ReasonForStudy": "X",
-    "ReasonForTheRequestedProcedure": "X",
-    "ImagingServiceRequestComments": "X",
-    "PlacerOrderNumberImagingServiceRequest": "X",
-    "FillerOrderNumberImagingServiceRequest": "X",
-    "ScheduledProcedureStepDescription": "X",
-    "ScheduledProcedureStepID": "X",
-    "ScheduledProcedureStepLocation": "X",
-    "PerformedProcedureStepDescription": "X",
-    "PerformedProcedureStepID": "X",
-    "ReferencedPerformedProcedureStepSequence": "X",
-}
-
-_FREE_TEXT: dict[str, Action] = {
-    "StudyDescription": "X",
-    "SeriesDescription": "X",
-    "ImageComments": "X",
-    "StudyComments": "X",
-    "AcquisitionComments": "X",
-    "FrameComments": "X",
-    "DerivationDescription": "X",
-    "ProtocolName": "X",
-    "AcquisitionDeviceProcessingDescription": "X",
-    "IdentifyingComments": "X",
-    "TextString": "X",
-}
-
-_PEOPLE_AND_PLACES: dict[str, Action] = {
-    "ReferringPhysicianName": "Z",
-    "ReferringPhysicianAddress": "X",
-    "ReferringPhysicianTelephoneNumbers": "X",
-    "ReferringPhysicianIdentificationSequence": "X",
-    "ConsultingPhysicianName": "X",
-    "ConsultingPhysicianIdentificationSequence": "X",
-    "PerformingPhysicianName": "X",
-    "PerformingPhysicianIdentificationSequence": "X",
-    "NameOfPhysiciansReadingStudy": "X",
-    "PhysiciansReadingStudyIdentificationSequence": "X",
-    "PhysiciansOfRecord": "X",
-    "PhysiciansOfRecordIdentificationSequence": "X",
-    "RequestingPhysician": "X",
-    "RequestingService": "X",
-    "ScheduledPerformingPhysicianName": "X",
-    "OperatorsName": "X",
-    "OperatorIdentificationSequence": "X",
-    "ContentCreatorName": "Z",
-    "ContentCreatorIdentificationCodeSequence": "X",
-    "InstitutionName": "X",
-    "InstitutionAddress": "X",
-    "InstitutionalDepartmentName": "X",
-    "InstitutionCodeSequence": "X",
-    "InstitutionalDepartmentTypeCodeSequence": "X",
-    "StationName": "X",
-    "DeviceSerialNumber": "X",
-    "DetectorID": "X",
-    "GantryID": "X",
-    "PlateID": "X",
-    "CassetteID": "X",
-    "PerformedStationName": "X",
-    "PerformedLocation": "X",
-    "ScheduledStationName": "X",
-    "TimezoneOffsetFromUTC": "X",
-}
-
-_UIDS: dict[str, Action] = {
-    "StudyInstanceUID": "U",
-    "SeriesInstanceUID": "U",
-    "SOPInstanceUID": "U",
-    "FrameOfReferenceUID": "U",
-    "ReferencedSOPInstanceUID": "U",
-    "ReferencedFrameOfReferenceUID": "U",
-    "RelatedFrameOfReferenceUID": "U",
-    "SynchronizationFrameOfReferenceUID": "U",
-    "InstanceCreatorUID": "U",
-    "IrradiationEventUID": "U",
-    "ConcatenationUID": "U",
-    "DimensionOrganizationUID": "U",
-    "DeviceUID": "U",
-    "StorageMediaFileSetUID": "U",
-    "SOPClassUID": "K",
-    "ReferencedSOPClassUID": "K",
-    "ReferencedSOPClassUIDInFile": "K",
-    "MediaStorageSOPClassUID": "K",
-    "TransferSyntaxUID": "K",
-    "ReferencedTransferSyntaxUIDInFile": "K",
-    "ImplementationClassUID": "K",
-    "CodingSchemeUID": "K",
-    "ContextGroupExtensionCreatorUID": "K",
-    "MappingResourceUID": "K",
-    "ContextUID": "K",
-}
-
-_DATES_AND_TIMES: dict[str, Action] = {
-    "StudyDate": "C",
-    "SeriesDate": "C",
-    "AcquisitionDate": "C",
-    "ContentDate": "C",
-    "InstanceCreationDate": "C",
-    "AcquisitionDateTime": "C",
-    "PerformedProcedureStepStartDate": "C",
-    "StudyTime": "K",
-    "SeriesTime": "K",
-    "AcquisitionTime": "K",
-    "ContentTime": "K",
-    "InstanceCreationTime": "K",
-}
-
-_CONTAINERS: dict[str, Action] = {
-    "OriginalAttributesSequence": "X",
-    "DigitalSignaturesSequence": "X",
-    "MACParametersSequence": "X",
-    "EncryptedAttributesSequence": "X",
-    "HL7StructuredDocumentReferenceSequence": "X",
-    "IconImageSequence": "X",
-    "DeidentificationMethodCodeSequence": "X",
-}
-
-BASIC_PROFILE_V1_KEYWORDS: dict[str, Action] = {
-    **_PATIENT,
-    **_VISIT,
-    **_FREE_TEXT,
-    **_PEOPLE_AND_PLACES,
-    **_UIDS,
-    **_DATES_AND_TIMES,
-    **_CONTAINERS,
-}
 
 # File meta elements that name sending/receiving systems or carry private data.
 _META_REMOVE = (
@@ -318,13 +113,14 @@ _META_REMOVE = (
     "PrivateInformation",
 )
 
-_DUMMY_BY_VR = {
+_DUMMY_BY_VR: dict[str, object] = {
     "PN": "ANONYMOUS",
     "LO": "ANONYMISED",
     "SH": "ANONYMISED",
     "LT": "ANONYMISED",
     "ST": "ANONYMISED",
     "UT": "ANONYMISED",
+    "UC": "ANONYMISED",
     "CS": "ANONYMISED",
     "AE": "ANONYMISED",
     "DA": "19000101",
@@ -333,11 +129,15 @@ _DUMMY_BY_VR = {
     "IS": "0",
     "DS": "0",
     "AS": "000D",
+    "OB": b"\x00\x00",
+    "OW": b"\x00\x00",
+    "UN": b"\x00\x00",
 }
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT"})
 
-# Burned-in text is likely in these; pixel cleaning does not exist yet.
-_BURNED_IN_MODALITIES = {"US": "ultrasound", "SC": "secondary capture", "XC": "photograph"}
-_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+def _method_text(options: Options) -> str:
+    return f"DICOM PS3.15 E.1-1 {options.edition} basic profile (radflow)"
 
 
 class AnonymiseError(ValueError):
@@ -352,20 +152,50 @@ class _Quarantine(Exception):
     """Internal: this input goes to the quarantine table with the message as reason."""
 
 
-def table_from_keywords(table: Mapping[str, Action]) -> dict[BaseTag, Action]:
-    """Resolve keywords to tags once, failing on unknown keywords or action codes."""
-    out: dict[BaseTag, Action] = {}
-    for keyword, action in table.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise ValueError(f"unknown DICOM keyword {keyword!r} in the action table")
-        if action not in ("D", "Z", "X", "K", "C", "U"):
-            raise ValueError(f"unknown action {action!r} for {keyword} in the action table")
-        out[Tag(tag)] = action
-    return out
+@dataclass
+class Settings:
+    """Options and blackout rules, with the tag -> action lookup compiled once."""
+
+    options: Options = field(default_factory=Options)
+    blackout: tuple[BlackoutRule, ...] = ()
+    profile: Profile = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.profile = build_profile(self.options)
+        self.element_actions: dict[int, str] = {}
+
+    def element_action(self, tag: int, vr: str | None) -> str:
+        """Action for a public element: curves, overlays, group lengths X; else the profile."""
+        if (tag >> 16 & 0xFF00) in (0x5000, 0x6000) or not tag & 0xFFFF:
+            action = "X"
+        else:
+            action = self.profile.action(tag, vr)
+        self.element_actions[tag] = action
+        return action
+
+    def method_items(self, pixels_cleaned: bool) -> list[Dataset]:
+        """DeidentificationMethodCodeSequence items, built once per settings."""
+        cache = self.__dict__.setdefault("_method_items", {})
+        if pixels_cleaned not in cache:
+            items = []
+            for code, meaning in self.options.method_codes(pixels_cleaned):
+                item = Dataset()
+                item.CodeValue = code
+                item.CodingSchemeDesignator = "DCM"
+                item.CodeMeaning = meaning
+                items.append(item)
+            cache[pixels_cleaned] = items
+        return cache[pixels_cleaned]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object] | None) -> Settings:
+        params = dict(params or {})
+        return cls(Options.from_params(params), rules_from_params(params.get("blackout")))  # type: ignore[arg-type]
 
 
-BASIC_PROFILE_V1: dict[BaseTag, Action] = table_from_keywords(BASIC_PROFILE_V1_KEYWORDS)
+@lru_cache(maxsize=4)
+def default_settings() -> Settings:
+    return Settings()
 
 
 @dataclass(frozen=True)
@@ -392,11 +222,33 @@ class _Context:
     key: bytes
     pseudonym: str
     shift_days: int
-    table: Mapping[BaseTag, Action]
+    settings: Settings
     entries: list[AuditEntry] = field(default_factory=list)
+    phi_words: re.Pattern[str] | None = None
+    # raw values may be read directly (as pydicom would convert them) unless pydicom is
+    # set to raise on invalid values or to convert dates: then every value is parsed
+    raw_values: bool = field(
+        default_factory=lambda: (
+            config.settings.reading_validation_mode != config.RAISE
+            and not config.datetime_conversion
+        )
+    )
+    # values made here (pseudonyms, dummies, UIDs, dates) are valid: checking them only
+    # matters when pydicom is set to raise on invalid values
+    new_value_validation: int | None = field(
+        default_factory=lambda: (
+            None if config.settings.writing_validation_mode == config.RAISE else config.IGNORE
+        )
+    )
 
-    def record(self, elem: DataElement, action: str, path: str) -> None:
-        self.entries.append(AuditEntry(_tag_text(elem.tag), elem.keyword, action, path))
+    def record(self, tag: int, action: str, path: str) -> None:
+        self.entries.append(_audit_entry(tag, action, path))
+
+
+@lru_cache(maxsize=1 << 14)
+def _audit_entry(tag: int, action: str, path: str) -> AuditEntry:
+    """Entries are immutable and hold no value, so equal ones are shared."""
+    return AuditEntry(_tag_text(tag), _keyword(tag), action, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,6 +265,7 @@ def pseudonym(key: bytes, patient_id: str, issuer: str = "") -> str:
     return "RF-" + digest.hex()[:16]
 
 
+@lru_cache(maxsize=1 << 16)
 def remap_uid(key: bytes, uid: str) -> str:
     """Keyed, stable replacement UID: the HMAC as a version-4 UUID under the 2.25 root."""
     digest = _hmac(key, uid.strip().rstrip("\x00"))
@@ -492,53 +345,27 @@ def _enclosing_git_repo(path: Path) -> Path | None:
 # Per-dataset de-identification (no file I/O)
 
 
-def action_for(elem: DataElement, table: Mapping[BaseTag, Action] = BASIC_PROFILE_V1) -> Action:
-    """The action for one element: fixed rules, then the table, then the VR fallback."""
-    tag = elem.tag
-    if tag.is_private or (tag.group & 0xFF00) in (0x5000, 0x6000):
-        return "X"
-    if tag.element == 0 and tag.group != 0x0002:
-        return "X"
-    if tag in table:
-        return table[tag]
-    return _action_by_vr(elem)
-
-
-def _action_by_vr(elem: DataElement) -> Action:
-    vr = elem.VR
-    if vr == "UI":
-        return "K" if _is_class_uid(elem.keyword) else "U"
-    if vr == "PN":
-        return "Z"
-    if vr in ("DA", "DT"):
-        return "C"
-    if vr in ("LT", "ST", "UT", "UN"):
-        return "X"
-    return "K"
-
-
-def _is_class_uid(keyword: str) -> bool:
-    return keyword.endswith("ClassUID") or "TransferSyntax" in keyword
-
-
 def anonymise_dataset(
     ds: Dataset,
     key: bytes,
     *,
     patient_pseudonym: str | None = None,
-    table: Mapping[BaseTag, Action] = BASIC_PROFILE_V1,
+    settings: Settings | None = None,
+    pixels_cleaned: bool = False,
 ) -> list[AuditEntry]:
     """De-identify ds in place and return what was done (never any value).
 
     patient_pseudonym: give it when the caller already knows the patient (the manifest's
     patient_key); otherwise it is pseudonym(key, PatientID, IssuerOfPatientID).
     """
+    settings = settings or default_settings()
     if patient_pseudonym is None:
         patient_pseudonym = _pseudonym_from_header(ds, key)
-    ctx = _Context(key, patient_pseudonym, date_shift_days(key, patient_pseudonym), table)
+    ctx = _Context(key, patient_pseudonym, date_shift_days(key, patient_pseudonym), settings)
+    if settings.options.clean_descriptors:
+        ctx.phi_words = _phi_words(ds, settings.profile)
     _walk(ds, ctx, "")
-    ds.remove_private_tags()
-    _stamp(ds, ctx)
+    _stamp(ds, ctx, pixels_cleaned)
     _clean_file_meta(ds, ctx)
     ds.preamble = b"\x00" * 128
     return ctx.entries
@@ -552,34 +379,132 @@ def _pseudonym_from_header(ds: Dataset, key: bytes) -> str:
 
 
 def _walk(ds: Dataset, ctx: _Context, path: str) -> None:
-    for tag in list(ds.keys()):
-        elem = ds[tag]
-        action = action_for(elem, ctx.table)
-        if elem.VR == "SQ" and action not in ("X", "Z"):
-            for i, item in enumerate(elem.value):
-                _walk(item, ctx, _item_path(path, elem, i))
+    settings = ctx.settings
+    action_of = settings.element_action
+    actions = settings.element_actions  # filled by element_action, read here first
+    safe = _safe_private(ds, ctx) if settings.options.safe_private_tags else frozenset()
+    raw_ok = ctx.raw_values
+    # ds._dict: the elements as read; a kept element is never parsed (written back raw).
+    # Lookups use t = int(tag): with a BaseTag key every hit would call BaseTag.__eq__.
+    for tag, elem in list(ds._dict.items()):
+        t = int(tag)
+        if t & 0x10000:  # private (odd group)
+            if t in safe:
+                continue
+            action = "X"
+        else:
+            action = actions.get(t) or action_of(t, elem.VR)
+        if action == "K":
             continue
-        applied = _apply(ds, tag, elem, action, ctx)
-        if applied != "K":
-            ctx.record(elem, applied, path)
+        if action == "X":
+            ctx.record(t, "X", path)
+            del ds[tag]
+            continue
+        vr = _plain_vr(t, elem.VR) if raw_ok and elem.is_raw and action != "T" else None
+        if vr is not None:  # a text VR: the new value is made without parsing the old one
+            ctx.record(t, _apply_raw(ds, t, elem, vr, action, ctx), path)
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            if action == "Z":
+                elem.value = Sequence()
+                ctx.record(t, "Z", path)
+            else:  # R (and D/U/C/T on a sequence): walk the items
+                for i, item in enumerate(elem.value):
+                    _walk(item, ctx, _item_path(path, elem, i))
+            continue
+        applied = _apply(elem, action, ctx)
+        ctx.record(t, applied, path)
 
 
-def _apply(ds: Dataset, tag: BaseTag, elem: DataElement, action: Action, ctx: _Context) -> str:
+# VRs whose value is text in the default repertoire or a character string: an element of
+# one of these is replaced by a new element (same tag and VR) without decoding the old value
+_PLAIN_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+     "UR", "UT"}
+)  # fmt: skip
+
+
+@lru_cache(maxsize=8192)
+def _plain_vr(tag: int, vr: str | None) -> str | None:
+    """The VR pydicom would give this raw element, when it is in _PLAIN_VRS; else None."""
+    if vr is None:  # implicit VR: pydicom looks the public tag up in the dictionary
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    return vr if vr in _PLAIN_VRS else None  # "UN" may be replaced: parsed the usual way
+
+
+def _raw_strings(raw: RawDataElement) -> str | list[str]:
+    """A raw UI/DA/DT value as pydicom's string conversion gives it (default charset)."""
+    if not raw.value:
+        return ""
+    items = raw.value.decode(default_encoding).rstrip(" \x00").split("\\")
+    return items[0].strip() if len(items) == 1 else [v.strip() for v in items]
+
+
+def _apply_raw(
+    ds: Dataset, tag: int, raw: RawDataElement, vr: str, action: str, ctx: _Context
+) -> str:
+    """_apply for a raw element of a plain VR: a new element replaces it (same result)."""
+    applied = action
+    if action == "D":
+        if tag in _PSEUDONYM_TAGS:
+            value: object = ctx.pseudonym
+        elif vr == "UI":
+            value = _map_values(_raw_strings(raw), lambda v: _remap_if_instance(ctx.key, v))
+        else:
+            value = _DUMMY_BY_VR.get(vr, empty_value_for_VR(vr))
+    elif action == "U" and vr == "UI":
+        value = _map_values(_raw_strings(raw), lambda v: _remap_if_instance(ctx.key, v))
+    elif action == "C" and vr in ("DA", "DT"):
+        value = _map_values(_raw_strings(raw), lambda v: _shift(v, vr, ctx.shift_days))
+        if value is None:
+            value, applied = empty_value_for_VR(vr), "Z"
+    else:  # Z, or an action that does not fit this element's VR
+        value, applied = empty_value_for_VR(vr), "Z"
+    ds[tag] = DataElement(tag, vr, value, validation_mode=ctx.new_value_validation)
+    return applied
+
+
+def _safe_private(ds: Dataset, ctx: _Context) -> frozenset[int]:
+    """Private tags of this dataset on the allow-list, with the creators they need."""
+    allowed = {(s.group, s.creator, s.element) for s in ctx.settings.options.safe_private_tags}
+    keep: set[int] = set()
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset parses every element)
+        group, element = tag >> 16, tag & 0xFFFF
+        if not group & 1 or element < 0x1000:
+            continue
+        creator_tag = (group << 16) | (element >> 8)
+        if creator_tag not in ds:
+            continue
+        creator = str(ds[creator_tag].value or "").strip()
+        if (group, creator, element & 0xFF) in allowed:
+            keep.update((tag, creator_tag))
+    return frozenset(keep)
+
+
+def _apply(elem: DataElement, action: str, ctx: _Context) -> str:
     """Carry out one action; returns the action actually applied (C may fall back to Z)."""
-    if action == "X":
-        del ds[tag]
-    elif action == "Z":
-        elem.value = empty_value_for_VR(elem.VR)
-    elif action == "D":
+    vr = elem.VR
+    if action == "D":
         elem.value = _dummy(elem, ctx)
-    elif action == "U":
+    elif action == "U" and vr == "UI":
         elem.value = _map_values(elem.value, lambda v: _remap_if_instance(ctx.key, v))
-    elif action == "C":
-        shifted = _map_values(elem.value, lambda v: _shift(v, elem.VR, ctx.shift_days))
+    elif action == "C" and vr in ("DA", "DT"):
+        shifted = _map_values(elem.value, lambda v: _shift(v, vr, ctx.shift_days))
         if shifted is None:
-            elem.value = empty_value_for_VR(elem.VR)
+            elem.value = empty_value_for_VR(vr)
             return "Z"
         elem.value = shifted
+    elif action == "T" and vr in _TEXT_VRS:
+        cleaned = _map_values(elem.value, lambda v: _clean_text(v, ctx.phi_words))
+        elem.value = cleaned
+        return "C"
+    else:  # Z, or an action that does not fit this element's VR
+        elem.value = empty_value_for_VR(vr)
+        return "Z"
     return action
 
 
@@ -588,8 +513,14 @@ def _item_path(path: str, elem: DataElement, index: int) -> str:
     return f"{path}/{name}[{index}]" if path else f"{name}[{index}]"
 
 
-def _tag_text(tag: BaseTag) -> str:
-    return f"({tag.group:04X},{tag.element:04X})"
+@lru_cache(maxsize=8192)
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+@lru_cache(maxsize=8192)
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag)
 
 
 def _map_values(value: object, fn: Callable[[str], str | None]) -> object:
@@ -611,11 +542,54 @@ def _remap_if_instance(key: bytes, uid: str) -> str:
 
 
 def _dummy(elem: DataElement, ctx: _Context) -> object:
-    if elem.keyword in ("PatientName", "PatientID"):
+    if elem.tag in _PSEUDONYM_TAGS:
         return ctx.pseudonym
     if elem.VR == "UI":
         return _map_values(elem.value, lambda v: _remap_if_instance(ctx.key, v))
+    if elem.VR in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+        return 0
     return _DUMMY_BY_VR.get(elem.VR, empty_value_for_VR(elem.VR))
+
+
+_PSEUDONYM_TAGS = tags_for(("PatientName", "PatientID"))
+
+# ---------------------------------------------------------------------------------------
+# Clean descriptors: keep the words, drop what identifies
+
+_DATE_LIKE = re.compile(r"\d{4}[-./]?\d{2}[-./]?\d{2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
+_LONG_NUMBER = re.compile(r"\d{5,}")
+_TITLED_NAME = re.compile(r"\b(?:mr|mrs|ms|miss|dr|prof)\b\.?\s*[^\s,;]+", re.IGNORECASE)
+_DESCRIPTOR_TAGS = tags_for(DESCRIPTORS)
+
+
+def _phi_words(ds: Dataset, profile: Profile) -> re.Pattern[str] | None:
+    """Words of every value this profile removes or replaces (names, IDs, places...)."""
+    words: set[str] = set()
+    for elem in ds.iterall():
+        if elem.VR not in _TEXT_VRS or elem.tag in _DESCRIPTOR_TAGS or not elem.value:
+            continue
+        if not elem.tag.is_private and profile.action(elem.tag, elem.VR) in ("K", "R"):
+            continue
+        values = elem.value if isinstance(elem.value, (MultiValue, list)) else [elem.value]
+        for value in values:
+            text = str(value)
+            parts = re.split(r"[\^=\s,;/]+", text)
+            words.update(p for p in parts if len(p) >= (2 if elem.VR == "PN" else 3))
+            if len(text.strip()) >= 3:
+                words.add(text.strip())
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<![0-9A-Za-z])(?:{alternatives})(?![0-9A-Za-z])", re.IGNORECASE)
+
+
+def _clean_text(value: str, phi_words: re.Pattern[str] | None) -> str:
+    if phi_words is not None:
+        value = phi_words.sub("*", value)
+    value = _TITLED_NAME.sub("*", value)
+    value = _DATE_LIKE.sub("*", value)
+    value = _LONG_NUMBER.sub("*", value)
+    return re.sub(r"\*(?:[\s^,;]*\*)+", "*", value).strip()
 
 
 _DA = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
@@ -652,78 +626,77 @@ def _shift_date(value: str, days: int) -> str | None:
     return f"{moved.year:04d}{moved.month:02d}{moved.day:02d}"
 
 
-def _stamp(ds: Dataset, ctx: _Context) -> None:
+def _stamp(ds: Dataset, ctx: _Context, pixels_cleaned: bool) -> None:
     """Write the pseudonym and the de-identification markers (audited as D)."""
-    for keyword, value in (
-        ("PatientName", ctx.pseudonym),
-        ("PatientID", ctx.pseudonym),
-        ("PatientIdentityRemoved", "YES"),
-        ("DeidentificationMethod", PROFILE_NAME),
-        ("LongitudinalTemporalInformationModified", "MODIFIED"),
+    options = ctx.settings.options
+    methods = ctx.settings.method_items(pixels_cleaned)
+    temporal = "MODIFIED" if options.retain_longitudinal_temporal else "REMOVED"
+    elements = ds._dict
+    for (tag, vr), value in zip(
+        _STAMP_TAGS,
+        (
+            ctx.pseudonym,
+            ctx.pseudonym,
+            "YES",
+            _method_text(options),
+            Sequence(methods),  # items shared, read-only
+            temporal,
+        ),
+        strict=True,
     ):
-        present = keyword in ds
-        if present and keyword in ("PatientName", "PatientID"):
-            continue  # already replaced (and audited) by the table's D
-        setattr(ds, keyword, value)
-        ctx.record(ds[keyword], "D", "")
+        if tag in elements:
+            if tag in _PSEUDONYM_TAGS:
+                continue  # already replaced (and audited) by D
+            ds[tag].value = value  # as setattr does: the element read keeps its VR
+        else:
+            ds[tag] = DataElement(tag, vr, value, validation_mode=ctx.new_value_validation)
+        ctx.record(tag, "D", "")
+
+
+_STAMP_TAGS = tuple(
+    (tag_for_keyword(k), dictionary_VR(k))
+    for k in (
+        "PatientName",
+        "PatientID",
+        "PatientIdentityRemoved",
+        "DeidentificationMethod",
+        "DeidentificationMethodCodeSequence",
+        "LongitudinalTemporalInformationModified",
+    )
+)
+_META_REMOVE_TAGS = tuple(tag_for_keyword(k) for k in _META_REMOVE)
+_META_INSTANCE_UID = tag_for_keyword("MediaStorageSOPInstanceUID")
+_SOP_INSTANCE_UID = tag_for_keyword("SOPInstanceUID")
 
 
 def _clean_file_meta(ds: Dataset, ctx: _Context) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         return
-    for keyword in _META_REMOVE:
-        if keyword in meta:
-            ctx.record(meta[keyword], "X", "file_meta")
-            delattr(meta, keyword)
-    for tag in [t for t in list(meta.keys()) if Tag(t).is_private]:
-        ctx.record(meta[tag], "X", "file_meta")
+    elements = meta._dict
+    for tag in _META_REMOVE_TAGS:
+        if tag in elements:
+            ctx.record(tag, "X", "file_meta")
+            del meta[tag]
+    for tag in [t for t in elements if t >> 16 & 1]:  # private
+        ctx.record(tag, "X", "file_meta")
         del meta[tag]
-    if "MediaStorageSOPInstanceUID" in meta:
-        new = ds.get("SOPInstanceUID") or _remap_if_instance(
-            ctx.key, str(meta.MediaStorageSOPInstanceUID)
-        )
-        meta.MediaStorageSOPInstanceUID = new
-        ctx.record(meta["MediaStorageSOPInstanceUID"], "U", "file_meta")
-
-
-def burned_in_reason(ds: Dataset) -> str | None:
-    """Why the pixels may show identifying text, or None; such images are quarantined."""
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
-        return "burned-in annotation: BurnedInAnnotation is YES (pixel cleaning not implemented)"
-    modality = str(ds.get("Modality", "")).strip().upper()
-    if modality in _BURNED_IN_MODALITIES:
-        kind = _BURNED_IN_MODALITIES[modality]
-        return f"possible burned-in annotation: Modality {modality} ({kind}); not cleaned yet"
-    if str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE_PREFIX):
-        return "possible burned-in annotation: Secondary Capture SOP class; not cleaned yet"
-    return None
+    if _META_INSTANCE_UID in elements:
+        sop_instance = ds[_SOP_INSTANCE_UID].value if _SOP_INSTANCE_UID in ds._dict else None
+        new = sop_instance or _remap_if_instance(ctx.key, str(meta[_META_INSTANCE_UID].value))
+        meta[_META_INSTANCE_UID].value = new
+        ctx.record(_META_INSTANCE_UID, "U", "file_meta")
 
 
 def encode_dataset(ds: Dataset) -> bytes:
-    """Serialise ds as a DICOM Part 10 file in its original transfer syntax."""
-    if getattr(ds, "file_meta", None) is None:
-        ds.file_meta = FileMetaDataset()
-    if "TransferSyntaxUID" not in ds.file_meta:
-        implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian
-            if implicit
-            else ExplicitVRBigEndian
-            if little is False
-            else ExplicitVRLittleEndian
-        )
+    """Serialise ds as a DICOM Part 10 file with pydicom (file meta made consistent)."""
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
 
 
-# ---------------------------------------------------------------------------------------
-# Files: the manifest stage and the standalone tree mode
-
-
 def anonymise_manifest(
-    manifest: pd.DataFrame, out_dir: Path, key: bytes
+    manifest: pd.DataFrame, out_dir: Path, key: bytes, settings: Settings | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """De-identify every manifest row into out_dir/files; returns (manifest, audit, quarantine).
 
@@ -731,6 +704,7 @@ def anonymise_manifest(
     problems quarantine the row; failures to write (OSError) stop the stage, leaving no
     partial file.
     """
+    settings = settings or default_settings()
     frame = mf.validate(manifest)
     files_dir = Path(out_dir) / "files"
     rows: list[dict] = []
@@ -738,7 +712,7 @@ def anonymise_manifest(
     quarantined: list[mf.Quarantined] = []
     for row in frame[list(mf.COLUMNS)].to_dict("records"):
         try:
-            new_row, entries = _anonymise_row(row, files_dir, key)
+            new_row, entries = _anonymise_row(row, files_dir, key, settings)
         except _Quarantine as exc:
             quarantined.append(mf.Quarantined(str(row["source_path"]), STAGE, str(exc)))
             continue
@@ -749,7 +723,9 @@ def anonymise_manifest(
     return new, pd.DataFrame(audit, columns=AUDIT_COLUMNS), mf.quarantine_frame(quarantined)
 
 
-def _anonymise_row(row: dict, files_dir: Path, key: bytes) -> tuple[dict, list[AuditEntry]]:
+def _anonymise_row(
+    row: dict, files_dir: Path, key: bytes, settings: Settings
+) -> tuple[dict, list[AuditEntry]]:
     patient = str(row["patient_key"] or "").strip()
     if not patient:
         raise _Quarantine("empty patient_key: cannot assign a pseudonym")
@@ -757,7 +733,7 @@ def _anonymise_row(row: dict, files_dir: Path, key: bytes) -> tuple[dict, list[A
     src = Path(str(row["source_path"]))
     image_id = str(row["image_id"])
     if row["format"] == "dicom":
-        data, entries = _deidentified_bytes(src, key, patient_pseudonym)
+        data, entries = _deidentified_bytes(src, key, patient_pseudonym, settings)
         dest = _store_bytes(files_dir / f"{image_id}.dcm", data)
     else:
         _check_plain_file(src, f"{row['format']} image")
@@ -785,18 +761,23 @@ def _anonymise_row(row: dict, files_dir: Path, key: bytes) -> tuple[dict, list[A
 
 
 def _deidentified_bytes(
-    src: Path, key: bytes, patient_pseudonym: str | None
+    src: Path, key: bytes, patient_pseudonym: str | None, settings: Settings
 ) -> tuple[bytes, list[AuditEntry]]:
     """Read, check, de-identify and encode one DICOM file; input problems -> _Quarantine."""
     ds = _read_dicom(src)
-    reason = burned_in_reason(ds)
-    if reason:
-        raise _Quarantine(reason)
     sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
-    if sop_class == MediaStorageDirectoryStorage:
+    if sop_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise _Quarantine("DICOMDIR is not de-identified; rebuild it from the output files")
+    _check_pixel_length(ds)
+    cleaned = _handle_burned_in(ds, settings)
     try:
-        entries = anonymise_dataset(ds, key, patient_pseudonym=patient_pseudonym)
+        entries = anonymise_dataset(
+            ds,
+            key,
+            patient_pseudonym=patient_pseudonym,
+            settings=settings,
+            pixels_cleaned=cleaned,
+        )
     except AnonymiseError as exc:
         raise _Quarantine(str(exc)) from exc
     except Exception as exc:  # malformed element values; the message could hold a value
@@ -806,6 +787,43 @@ def _deidentified_bytes(
     except Exception as exc:  # the message could hold a value
         raise _Quarantine(f"cannot encode the de-identified dataset: {type(exc).__name__}") from exc
     return data, entries
+
+
+def _handle_burned_in(ds: Dataset, settings: Settings) -> bool:
+    """Black out a matching rule's regions (True), pass (False) or quarantine."""
+    rule = matching_rule(ds, settings.blackout) if settings.blackout else None
+    if rule is None:
+        reason = burned_in_reason(ds)
+        if reason:
+            raise _Quarantine(f"{reason}; no anonymise.blackout rule matches this image")
+        return False
+    try:
+        black_out(ds, rule)
+    except Exception as exc:  # the message could hold a value
+        raise _Quarantine(f"cannot clean pixel data: {type(exc).__name__}") from exc
+    return True
+
+
+def _check_pixel_length(ds: Dataset) -> None:
+    """A truncated file may still parse; refuse native pixel data shorter than declared."""
+    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None:
+        return
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.SamplesPerPixel)
+            * frames
+            * int(ds.BitsAllocated)
+            // 8
+        )
+    except Exception:
+        raise _Quarantine("pixel data without a usable image description") from None
+    if len(ds.get_item("PixelData").value or b"") < expected:
+        raise _Quarantine("truncated pixel data (shorter than Rows x Columns x frames)")
 
 
 def _read_dicom(src: Path) -> Dataset:
@@ -846,7 +864,21 @@ def file_extension(path: Path) -> str:
 
 
 def _store_bytes(dest: Path, data: bytes) -> Path:
-    return atomic_write(dest, lambda tmp: tmp.write_bytes(data))
+    """Write under a hidden temporary name beside dest, then rename: complete or absent.
+
+    (One open per file: the per-file path of the stage is hot, see the benchmark.)
+    """
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    if not dest.parent.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
 
 
 def _store_copy(src: Path, dest: Path) -> Path:
@@ -871,12 +903,15 @@ def write_tables(
     atomic_write_text(out_dir / "quarantine.csv", quarantine.to_csv(index=False))
 
 
-def anonymise_tree(in_dir: Path, out_dir: Path, key: bytes) -> TreeSummary:
+def anonymise_tree(
+    in_dir: Path, out_dir: Path, key: bytes, settings: Settings | None = None
+) -> TreeSummary:
     """Mirror every file under in_dir as de-identified DICOM under out_dir.
 
     Relative paths are kept as they are, so folder and file names must not carry
     identifiers. Non-DICOM, burned-in and ID-less files are quarantined, not copied.
     """
+    settings = settings or default_settings()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input folder {in_dir} does not exist")
@@ -887,7 +922,7 @@ def anonymise_tree(in_dir: Path, out_dir: Path, key: bytes) -> TreeSummary:
     for src in files:
         rel = src.relative_to(in_dir)
         try:
-            data, entries = _deidentified_bytes(src, key, None)
+            data, entries = _deidentified_bytes(src, key, None, settings)
         except _Quarantine as exc:
             quarantined.append(mf.Quarantined(str(src), STAGE, str(exc)))
             continue
@@ -906,3 +941,24 @@ def _refuse_overlap(in_dir: Path, out_dir: Path) -> None:
     src, dst = in_dir.resolve(), out_dir.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise ValueError(f"--out {out_dir} must not be inside --in {in_dir} or contain it")
+
+
+OPTION_NAMES = (
+    "retain_longitudinal_temporal",
+    "retain_patient_characteristics",
+    "retain_device_identity",
+    "retain_institution_identity",
+    "retain_uids",
+    "clean_descriptors",
+)
+
+
+def describe(settings: Settings) -> str:
+    """One log line: the table edition and the options applied (never a key or value)."""
+    options = settings.options
+    on = [name for name in OPTION_NAMES if getattr(options, name)]
+    return (
+        f"Table E.1-1 {options.edition}; options: {', '.join(on) or 'none'}; "
+        f"{len(options.safe_private_tags)} safe private tags; "
+        f"{len(settings.blackout)} blackout rules"
+    )

@@ -90,11 +90,10 @@ def cmd_demo(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import ingest
+    from radflow import ingest, sources
 
     data = params["data"]
-    labels = Path(data["labels_csv"]) if data.get("labels_csv") else None
-    result = ingest.ingest(Path(data["raw_dir"]), labels)
+    result = ingest.ingest(sources.from_params(data))
     out = Path(args.out)
     manifest_mod.write(result.manifest, out / "manifest.csv")
     _write_csv(out / "quarantine.csv", result.quarantine)
@@ -108,14 +107,23 @@ def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
     )
 
 
-def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any]) -> None:
+def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
     from radflow import anonymise
 
-    key, origin = anonymise.load_key(params["anonymise"], params["data"]["source"], os.environ)
+    settings_params = dict((params or {}).get("anonymise") or {})
+    for name in anonymise.OPTION_NAMES:
+        if getattr(args, name, None) is not None:  # a flag given on the command line wins
+            settings_params[name] = getattr(args, name)
+    if args.key_file:
+        settings_params["key_file"] = args.key_file
+    source_kind = str(((params or {}).get("data") or {}).get("source") or "folder")
+    key, origin = anonymise.load_key(settings_params, source_kind, os.environ)
     log.info("anonymise: pseudonymisation key from %s", origin)
+    settings = anonymise.Settings.from_params(settings_params)
+    log.info("anonymise: %s", anonymise.describe(settings))
     out = Path(args.out)
     if args.input:
-        summary = anonymise.anonymise_tree(Path(args.input), out, key)
+        summary = anonymise.anonymise_tree(Path(args.input), out, key, settings)
         log.info(
             "anonymise: %d files -> %d de-identified + %d quarantined (%s)",
             summary.files_seen,
@@ -129,7 +137,7 @@ def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any]) -> None:
     source = manifest_mod.read(args.manifest)
 
     def build(tmp: Path) -> None:
-        new, audit, quarantine = anonymise.anonymise_manifest(source, tmp, key)
+        new, audit, quarantine = anonymise.anonymise_manifest(source, tmp, key, settings)
         anonymise.write_tables(tmp, _relocate(new, tmp, out), audit, quarantine)
         log.info(
             "anonymise: %d images -> %d de-identified + %d quarantined",
@@ -216,15 +224,23 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         "n_val": int(len(val_idx)),
     }
     out = Path(args.out)
+    # Survives an interruption beside the output; removed once the model is written.
+    checkpoint = out.parent / f".{out.name}.checkpoint.pt"
     if args.task == "classifier":
         classes = params_mod.classes_for(params, args.modality, list(index["label"]))
         lookup = {c: i for i, c in enumerate(classes)}
         labels = np.array([lookup[lab] for lab in index["label"]])
         result, origin = train.train_classifier(
-            images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"]
-        )
+            images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
+            checkpoint,
+        )  # fmt: skip
         cfg = params["train"]["classifier"]
+        best, _ = models.build_classifier(cfg["backbone"], None, len(classes))
+        best.load_state_dict(result.state)
+        decision = params["train"].get("decision", {})
+        val_logits = train.predict_logits(best, images[val_idx], tta=decision.get("tta", False))
         meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
+        meta |= train.decide(val_logits, labels[val_idx], decision)
     else:
         train_idx = train.with_masks(train_idx, index)
         val_idx = train.with_masks(val_idx, index)
@@ -241,7 +257,7 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
             )
             return
         result = train.train_segmenter(
-            images, masks, train_idx, val_idx, params["train"], params["seed"]
+            images, masks, train_idx, val_idx, params["train"], params["seed"], checkpoint
         )
         cfg = params["train"]["segmenter"]
         meta |= {"arch": "monai.UNet", "channels": cfg["channels"], "weights_origin": "none"}
@@ -252,6 +268,7 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         "best_val_metric": result.best_metric,
     }
     _replace_dir(out, lambda tmp: models.save_model(tmp, result.state, meta, result.history))
+    checkpoint.unlink(missing_ok=True)
     log.info(
         "train %s %s: best epoch %d, val metric %.3f",
         args.modality,
@@ -262,42 +279,80 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import evaluate, models, train
+    from radflow import evaluate, ingest, models, train
 
-    images, masks, index = _load_processed(Path(args.data))
+    data_dir = Path(args.data)
+    images, masks, index = _load_processed(data_dir)
     split = _read_split(Path(args.split))
     test = split[split["split"] == "test"].reset_index(drop=True)
     classifier, meta = models.load_model(Path(args.models) / "classifier")
     classes = meta["classes"]
+    threshold = meta.get("threshold")
     y_true = np.array([classes.index(lab) for lab in test["label"]])
-    probs = train.predict_probs(classifier, images[test["array_index"].to_numpy()])
-    ev = params["evaluate"]
+    probs = train.predict_probs(
+        classifier, images[test["array_index"].to_numpy()],
+        temperature=meta.get("temperature", 1.0), tta=meta.get("tta", False),
+    )  # fmt: skip
+    ev, seed = params["evaluate"], params["seed"]
+    n_boot, ci_level = ev["bootstrap_samples"], ev["ci_level"]
     result = evaluate.classification_metrics(
-        y_true, probs, classes, ev["bootstrap_samples"], ev["ci_level"], params["seed"]
+        y_true, probs, classes, n_boot, ci_level, seed, threshold=threshold
     )
-    predictions = evaluate.predictions_table(test, probs, classes)
+    predictions = evaluate.predictions_table(test, probs, classes, threshold)
     out = Path(args.out)
+    seg_dir = Path(args.models) / "segmenter"
     seg_summary, seg_table = _evaluate_segmenter(
-        Path(args.models) / "segmenter", images, masks, index, test, ev, params["seed"]
+        seg_dir, images, masks, index, test, ev, params["seed"]
     )
+    seg_meta = read_json(seg_dir / "meta.json")
+    groups = index.set_index("array_index").loc[test["array_index"].to_numpy()]
+    split_path = Path(args.split)
     metrics = {
         "modality": args.modality,
         "n_test": int(len(test)),
         "classes": classes,
-        "positive_class": classes[-1],
+        "positive_class": evaluate.positive_class(classes),
         **result,
+        "operating_point": evaluate.operating_point(y_true, probs, classes, threshold),
+        "calibration": evaluate.calibration(
+            y_true, probs, classes, ev["calibration_bins"], n_boot, ci_level, seed
+        ),
+        "subgroups": evaluate.subgroup_metrics(
+            groups, y_true, probs, classes, n_boot, ci_level, seed, threshold
+        ),
         "segmentation": seg_summary,
-        "ci_level": ev["ci_level"],
-        "bootstrap_samples": ev["bootstrap_samples"],
+        "segmenter": {
+            "trained": bool(seg_meta.get("trained", False)),
+            "reason": seg_meta.get("reason"),
+        },
+        "inputs": {
+            str(path): ingest.sha256_file(path)
+            for path in (
+                data_dir / "images.npy",
+                data_dir / "masks.npy",
+                data_dir / "index.csv",
+                split_path,
+            )
+        },
+        "ci_level": ci_level,
+        "bootstrap_samples": n_boot,
         "params_hash": params_mod.params_hash(params),
     }
     _write_csv(out / "predictions.csv", predictions)
     _write_csv(out / "roc.csv", evaluate.roc_table(y_true, probs, classes))
-    _write_csv(out / "confusion.csv", evaluate.confusion_table(y_true, probs.argmax(1), classes))
+    _write_csv(out / "pr.csv", evaluate.pr_table(y_true, probs, classes))
+    y_pred = evaluate.decide(probs, threshold)
+    _write_csv(out / "confusion.csv", evaluate.confusion_table(y_true, y_pred, classes))
     _write_csv(out / "segmentation.csv", seg_table)
     write_json(out / "metrics.json", metrics)
     auc = result["classification"]["auc"]["value"]
-    log.info("evaluate %s: n_test=%d AUC=%s", args.modality, len(test), auc)
+    log.info(
+        "evaluate %s: n_test=%d AUC=%s operating point %s",
+        args.modality,
+        len(test),
+        auc,
+        metrics["operating_point"]["rule"],
+    )
 
 
 def _evaluate_segmenter(
@@ -334,40 +389,126 @@ def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
     from radflow import explain, models
 
-    images, _, _ = _load_processed(Path(args.data))
+    images, masks, index = _load_processed(Path(args.data))
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
     classes, cfg, seed = meta["classes"], params["explain"], params["seed"]
+    has_mask = dict(zip(index["array_index"], index["has_mask"], strict=True))
     sample = explain.choose_cases(predictions, cfg["samples"], seed)
     idx = sample["array_index"].astype(int).to_numpy()
     x = models.normalise_batch(torch.from_numpy(images[idx]))
     targets = [classes.index(p) for p in sample["pred_label"]]
+    steps, tolerance = cfg["faithfulness_steps"], cfg["pointing_tolerance"]
+    baselines = [
+        explain.random_baseline(model, x[j], targets[j], seed + j, cfg["random_orders"], steps)
+        for j in range(len(idx))
+    ]
+
+    def lesion(j: int, row: Any) -> np.ndarray | None:
+        """The lesion mask where localisation is meaningful: a lesion case explained as its
+        own (true) class."""
+        if not has_mask.get(int(idx[j])) or row.pred_label != row.label:
+            return None
+        mask = masks[idx[j]] > 0
+        return mask if mask.any() else None
 
     def build(tmp: Path) -> None:
         records = []
         for method in cfg["methods"]:
-            maps = explain.explain(model, x, targets, method, seed)
+            maps = explain.explain(model, x, targets, method, seed, num_samples=cfg["num_samples"])
             for j, row in enumerate(sample.itertuples(index=False)):
                 prob = float(getattr(row, f"prob_{row.pred_label}"))
-                title = f"{method}: truth {row.label}, predicted {row.pred_label} ({prob:.2f})"
-                name = explain.overlay_filename(row.image_id, method)
-                png = explain.overlay_png(images[idx[j]] / 255.0, maps[j], title)
-                atomic_write(tmp / name, lambda p, data=png: p.write_bytes(data))
-                records.append(
-                    {
-                        "image_id": row.image_id,
-                        "method": method,
-                        "file": name,
-                        "label": row.label,
-                        "pred_label": row.pred_label,
-                        "prob": prob,
-                        "deletion_auc": explain.deletion_auc(model, x[j], targets[j], maps[j]),
-                    }
+                mask = lesion(j, row)
+                record = {
+                    "image_id": row.image_id,
+                    "method": method,
+                    "label": row.label,
+                    "pred_label": row.pred_label,
+                    "prob": prob,
+                    "deletion_auc": explain.deletion_auc(model, x[j], targets[j], maps[j], steps),
+                    "insertion_auc": explain.insertion_auc(model, x[j], targets[j], maps[j], steps),
+                    "random_deletion_auc": baselines[j]["deletion_auc"],
+                    "random_insertion_auc": baselines[j]["insertion_auc"],
+                    "pointing_hit": None
+                    if mask is None
+                    else explain.pointing_game(maps[j], mask, tolerance),
+                    "energy_in_lesion": None
+                    if mask is None
+                    else explain.energy_in_lesion(maps[j], mask),
+                }
+                title = (
+                    f"{method}: truth {row.label}, predicted {row.pred_label} ({prob:.2f})\n"
+                    f"deletion {record['deletion_auc']:.3f}, insertion "
+                    f"{record['insertion_auc']:.3f}"
                 )
+                name = explain.overlay_filename(row.image_id, method)
+                png = explain.overlay_png(images[idx[j]] / 255.0, maps[j], title, mask)
+                atomic_write(tmp / name, lambda p, data=png: p.write_bytes(data))
+                records.append({**record, "file": name})
         write_json(tmp / "explanations.json", records)
-        log.info("explain %s: %d overlays", args.modality, len(records))
+        summary = explain.summarise(records)
+        write_json(
+            tmp / "faithfulness.json",
+            {
+                "methods": summary,
+                "steps": steps,
+                "random_orders": cfg["random_orders"],
+                "pointing_tolerance": tolerance,
+                "n_cases": int(len(idx)),
+            },
+        )
+        write_json(tmp / "cases.json", _case_browser(tmp, model, images, predictions, classes, cfg))
+        log.info(
+            "explain %s: %d overlays; ranking %s",
+            args.modality,
+            len(records),
+            ", ".join(f"{r['rank']}. {r['method']}" for r in summary),
+        )
 
     _replace_dir(Path(args.out), build)
+
+
+def _case_browser(
+    out: Path,
+    model: Any,
+    images: np.ndarray,
+    predictions: pd.DataFrame,
+    classes: list[str],
+    cfg: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Thumbnails (image | Grad-CAM of the predicted class) of up to case_browser_max test
+    cases, the misclassified first, written to cases/; returns the cases.json rows."""
+    import torch
+
+    from radflow import explain, models
+
+    table = predictions.copy()
+    table["correct"] = table["label"] == table["pred_label"]
+    table["confidence"] = [float(r[f"prob_{r['pred_label']}"]) for _, r in table.iterrows()]
+    table = table.sort_values(["correct", "image_id"], kind="stable").head(cfg["case_browser_max"])
+    idx = table["array_index"].astype(int).to_numpy()
+    rows: list[dict[str, Any]] = []
+    if not len(idx):
+        return rows
+    x = models.normalise_batch(torch.from_numpy(images[idx]))
+    targets = [classes.index(p) for p in table["pred_label"]]
+    maps = explain.explain(model, x, targets, "gradcam", 0)
+    (out / "cases").mkdir()
+    for j, row in enumerate(table.itertuples(index=False)):
+        name = "cases/" + explain.overlay_filename(row.image_id, "case")
+        png = explain.case_thumbnail(images[idx[j]] / 255.0, maps[j])
+        (out / name).write_bytes(png)
+        rows.append(
+            {
+                "image_id": row.image_id,
+                "label": row.label,
+                "pred_label": row.pred_label,
+                "confidence": float(row.confidence),
+                "correct": bool(row.correct),
+                "file": name,
+            }
+        )
+    return rows
 
 
 def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -380,7 +521,13 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
             {"modality": m, "metrics": _maybe_json(root / m / "metrics.json")}
             for m in params["modalities"]
         ]
-        context = {"params_hash": params_mod.params_hash(params)}
+        from radflow import provenance
+
+        context = {
+            "params_hash": params_mod.params_hash(params),
+            "git_revision": provenance.git_revision(),
+            "versions": provenance.versions(),
+        }
         atomic_write_text(out, report.render_index(cards, context))
         log.info("report: index at %s", out.resolve())
         return
@@ -406,22 +553,30 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
     rows = read_json(explanations / "explanations.json")
     for row in rows:
         row["png"] = (explanations / row["file"]).read_bytes()
+    cases = _maybe_json(explanations / "cases.json") or []
+    for case in cases:
+        case["png"] = (explanations / case["file"]).read_bytes()
     histories = {
         task: pd.read_csv(models_dir / task / "history.csv")
         for task in ("classifier", "segmenter")
         if (models_dir / task / "history.csv").exists()
     }
     meta = read_json(models_dir / "classifier" / "meta.json")
-    meta["git_revision"] = provenance.git_revision()
+    pr_path = evaluation / "pr.csv"
     return {
         "modality": args.modality,
         "metrics": read_json(evaluation / "metrics.json"),
         "roc": pd.read_csv(evaluation / "roc.csv"),
+        "pr": pd.read_csv(pr_path) if pr_path.exists() else None,
+        "predictions": _read_csv(evaluation / "predictions.csv"),
         "histories": histories,
         "explanations": rows,
+        "faithfulness": _maybe_json(explanations / "faithfulness.json"),
+        "cases": cases,
         "meta": meta,
         "segmenter_meta": read_json(models_dir / "segmenter" / "meta.json"),
         "params": params,
+        "git_revision": provenance.git_revision(),
     }
 
 
@@ -431,6 +586,23 @@ def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None
     table = predict.predict_folder(Path(args.model), Path(args.images))
     _write_csv(Path(args.out), table)
     log.info("predict: %d images -> %s", len(table), args.out)
+
+
+def cmd_profile(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
+    """Print (or run) the `dvc exp run` that applies a profile's values to params.yaml."""
+    import shlex
+    import subprocess
+
+    overlay = params_mod.read_yaml(Path(args.profile))
+    params_mod.validate(
+        params_mod.merge(params_mod.load(args.params, environ={}), overlay),
+        f"{args.params} + {args.profile}",
+    )
+    command = ["dvc", "exp", "run", *params_mod.dvc_set_args(overlay)]
+    if not args.run:
+        print(shlex.join(command))
+        return
+    subprocess.run(command, check=True)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -457,6 +629,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="manifest.csv from ingest")
     p.add_argument("--in", dest="input", help="a DICOM folder to mirror de-identified")
     p.add_argument("--out", required=True)
+    p.add_argument("--key-file", help="pseudonymisation key file (else anonymise.key_env)")
+    for name in ("retain_longitudinal_temporal", "retain_patient_characteristics",
+                 "retain_device_identity", "retain_institution_identity", "retain_uids",
+                 "clean_descriptors"):  # fmt: skip
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, help="overrides params")
+    p.set_defaults(params="params.yaml" if Path("params.yaml").is_file() else None)
     p = stage("preprocess", cmd_preprocess, "normalise and resize into arrays", modality=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True)
@@ -485,6 +664,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--explanations")
     p.add_argument("--models")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("profile", help="the dvc exp run that applies a profile (or --run it)")
+    p.add_argument("profile", help="profiles/<name>.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--run", action="store_true", help="run dvc exp run now")
+    p.set_defaults(handler=cmd_profile, params_loaded=False)
     p = sub.add_parser("predict", help="apply a trained classifier to a folder of images")
     p.add_argument("--model", required=True, help="models/<modality>/classifier")
     p.add_argument("--images", required=True, help="folder searched recursively")
@@ -506,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        params = params_mod.load(args.params) if args.params else None
+        wants_params = args.params and getattr(args, "params_loaded", True)
+        params = params_mod.load(args.params) if wants_params else None
         args.handler(args, params)
     except KNOWN_ERRORS as exc:
         print(f"radflow {args.command}: error: {exc}", file=sys.stderr)

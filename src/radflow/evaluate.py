@@ -7,7 +7,10 @@ routes agree on the full sample.
 
 Conventions (see docs/CONTRACTS.md, metrics.json):
 
-- ``probs[:, k]`` is the probability of ``classes[k]``; the prediction is the argmax.
+- ``probs[:, k]`` is the probability of ``classes[k]``. The operating point decides the
+  predicted class: binary with a ``threshold`` (from the classifier's meta.json), positive
+  when ``probs[:, 1] >= threshold``; otherwise (no threshold, or multi-class) the argmax.
+  metrics.json records which as ``operating_point``.
 - Binary (2 classes): sensitivity, specificity, F1 and AUC are for the positive class, which
   is the last class (``classes[-1]``).
 - Multi-class: sensitivity = macro recall (= balanced accuracy), specificity = macro
@@ -120,10 +123,28 @@ def _sklearn_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean([skm.roc_auc_score(y_true == k, probs[:, k]) for k in range(n_classes)]))
 
 
-def _sklearn_point_estimates(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Predicted class indices at the operating point (see the module docstring).
+
+    Works on (N, C) and batched (B, N, C) probabilities.
+    """
+    probs = np.asarray(probs)
+    if threshold is None or probs.shape[-1] != 2:
+        return probs.argmax(axis=-1)
+    return (probs[..., 1] >= threshold).astype(np.int64)
+
+
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+
+
+def _sklearn_point_estimates(
+    y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
     n_classes = probs.shape[1]
     labels = list(range(n_classes))
-    y_pred = probs.argmax(axis=1)
+    y_pred = decide(probs, threshold)
     mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)
     tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -222,24 +243,31 @@ def _batched_auc(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(per_class).all(axis=1), per_class.mean(axis=1), np.nan)
 
 
-def _batched_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+def _batched_metrics(
+    y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None
+) -> dict[str, np.ndarray]:
     """All metrics for a batch of samples: y_true (B, N), probs (B, N, C)."""
     n_classes = probs.shape[2]
-    cm = _batched_confusion(y_true, probs.argmax(axis=2), n_classes)
+    cm = _batched_confusion(y_true, decide(probs, threshold), n_classes)
     out = _metrics_from_confusion(cm)
     out["auc"] = _batched_auc(y_true, probs)
     return out
 
 
 def _bootstrap(
-    y_true: np.ndarray, probs: np.ndarray, n_boot: int, seed: int, chunk: int = 250
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    n_boot: int,
+    seed: int,
+    chunk: int = 250,
+    threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Metric samples over n_boot stratified resamples, in chunks to bound memory."""
     idx = stratified_resamples(y_true, n_boot, seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
     for start in range(0, n_boot, chunk):
         rows = idx[start : start + chunk]
-        batch = _batched_metrics(y_true[rows], probs[rows])
+        batch = _batched_metrics(y_true[rows], probs[rows], threshold)
         for name in METRICS:
             parts[name].append(batch[name])
     return {
@@ -257,8 +285,12 @@ def classification_metrics(
     n_boot: int,
     ci_level: float,
     seed: int,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """The ``classification`` and ``confusion_matrix`` parts of metrics.json.
+
+    ``threshold`` is the binary operating point (probability of the positive class at
+    which to call positive); None = argmax. The bootstrap uses the same decision rule.
 
     Returns ``{"classification": {metric: {"value", "ci_low", "ci_high"}},
     "confusion_matrix": {"labels": classes, "matrix": [[...]]}}`` with rows of the
@@ -266,10 +298,12 @@ def classification_metrics(
     plain Python floats or None, ready for ``json.dumps(..., allow_nan=False)``.
     """
     _check_ci(n_boot, ci_level)
+    _check_threshold(threshold)
     y_true, probs = _validate_classification(y_true, probs, classes)
-    points = _sklearn_point_estimates(y_true, probs)
-    samples = _bootstrap(y_true, probs, n_boot, seed)
-    matrix = skm.confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(len(classes))))
+    points = _sklearn_point_estimates(y_true, probs, threshold)
+    samples = _bootstrap(y_true, probs, n_boot, seed, threshold=threshold)
+    y_pred = decide(probs, threshold)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
     return {
         "classification": {
             name: _interval(points[name], samples[name], ci_level) for name in METRICS
@@ -391,10 +425,246 @@ def segmentation_metrics(
     return result, table
 
 
-def predictions_table(cases: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One row per test case: ids, truth, predicted label (argmax), one prob_<class> each."""
+def predictions_table(
+    cases: pd.DataFrame, probs: np.ndarray, classes: list[str], threshold: float | None = None
+) -> pd.DataFrame:
+    """One row per test case: ids, truth, predicted label (at the operating point), one
+    prob_<class> each."""
     table = cases[["image_id", "array_index", "patient_key", "label"]].copy()
-    table["pred_label"] = [classes[i] for i in probs.argmax(axis=1)]
+    table["pred_label"] = [classes[i] for i in decide(probs, threshold)]
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
     return table.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ operating point
+
+
+def operating_point(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None
+) -> dict[str, Any]:
+    """metrics.json's ``operating_point``: the decision rule and where it sits on the curves.
+
+    ``rule`` is "threshold" (binary, threshold from the classifier's meta.json) or "argmax".
+    ``fpr``/``tpr`` locate the point on roc.csv's curve and ``precision``/``recall`` on
+    pr.csv's: for the positive class when binary, micro-averaged one-vs-rest otherwise
+    (every case-class pair one decision, as in roc_table). None where undefined.
+    """
+    _check_threshold(threshold)
+    y_true, probs = _validate_classification(y_true, probs, classes)
+    binary = len(classes) == 2
+    rule = "threshold" if threshold is not None and binary else "argmax"
+    y_pred = decide(probs, threshold)
+    if binary:
+        truth, called = y_true == 1, y_pred == 1
+    else:
+        onehot = np.arange(len(classes))[None, :]
+        truth = (y_true[:, None] == onehot).ravel()
+        called = (y_pred[:, None] == onehot).ravel()
+    tp = float(np.sum(truth & called))
+    fp = float(np.sum(~truth & called))
+    pos, neg = float(truth.sum()), float((~truth).sum())
+    return {
+        "rule": rule,
+        "threshold": float(threshold) if rule == "threshold" else None,
+        "source": "classifier meta.json threshold" if rule == "threshold" else "argmax",
+        "fpr": fp / neg if neg else None,
+        "tpr": tp / pos if pos else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / pos if pos else None,
+    }
+
+
+def pr_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Precision-recall points (precision, recall, threshold) for pr.csv, same scores as ROC.
+
+    The last point (recall 0, precision 1) has no threshold in scikit-learn: NaN here.
+    """
+    y_true, probs = _validate_classification(y_true, probs, classes)
+    if np.unique(y_true).size < 2:
+        return pd.DataFrame({"precision": [], "recall": [], "threshold": []}, dtype=float)
+    if len(classes) == 2:
+        truth, score = y_true == 1, probs[:, 1]
+    else:
+        truth = label_binarize(y_true, classes=list(range(len(classes)))).ravel().astype(bool)
+        score = probs.ravel()
+    precision, recall, thresholds = skm.precision_recall_curve(truth, score)
+    return pd.DataFrame(
+        {"precision": precision, "recall": recall, "threshold": np.append(thresholds, np.nan)}
+    )
+
+
+# --------------------------------------------------------------------- calibration
+
+
+def _calibration_inputs(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, outcome): P(positive) and is-positive when binary, else top-label."""
+    if probs.shape[1] == 2:
+        return probs[:, 1], (y_true == 1).astype(np.float64)
+    top = probs.argmax(axis=1)
+    return probs.max(axis=1), (top == y_true).astype(np.float64)
+
+
+def _bin_ids(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.clip((confidence * n_bins).astype(np.int64), 0, n_bins - 1)
+
+
+def _batched_ece(
+    conf: np.ndarray, outcome: np.ndarray, bins: np.ndarray, n_bins: int
+) -> np.ndarray:
+    """(B, N) confidences, outcomes and bin ids -> (B,) expected calibration errors."""
+    n_batch, n = conf.shape
+    flat = (np.arange(n_batch)[:, None] * n_bins + bins).ravel()
+    size = n_batch * n_bins
+    conf_sum = np.bincount(flat, weights=conf.ravel(), minlength=size).reshape(n_batch, n_bins)
+    out_sum = np.bincount(flat, weights=outcome.ravel(), minlength=size).reshape(n_batch, n_bins)
+    return np.abs(conf_sum - out_sum).sum(axis=1) / n
+
+
+def calibration(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    n_bins: int,
+    n_boot: int,
+    ci_level: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Reliability diagram bins and the expected calibration error with a bootstrap CI.
+
+    Binary: the predicted probability of the positive class against the observed fraction
+    of positives. Multi-class: top-label confidence against accuracy. Equal-width bins on
+    [0, 1]; ECE = sum over bins of (bin size / N) * |mean confidence - observed rate|.
+    Returns ``{"kind", "n_bins", "ece": {"value", "ci_low", "ci_high"}, "bins": [{"low",
+    "high", "count", "mean_confidence", "observed"}]}`` (empty bins: means None).
+    """
+    _check_ci(n_boot, ci_level)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    y_true, probs = _validate_classification(y_true, probs, classes)
+    conf, outcome = _calibration_inputs(y_true, probs)
+    bins = _bin_ids(conf, n_bins)
+    point = float(_batched_ece(conf[None], outcome[None], bins[None], n_bins)[0])
+    samples = np.empty(0)
+    if n_boot:
+        idx = stratified_resamples(y_true, n_boot, seed)
+        samples = _batched_ece(conf[idx], outcome[idx], bins[idx], n_bins)
+    rows = []
+    for b in range(n_bins):
+        members = bins == b
+        count = int(members.sum())
+        rows.append(
+            {
+                "low": b / n_bins,
+                "high": (b + 1) / n_bins,
+                "count": count,
+                "mean_confidence": float(conf[members].mean()) if count else None,
+                "observed": float(outcome[members].mean()) if count else None,
+            }
+        )
+    kind = f"P({classes[-1]})" if len(classes) == 2 else "top-label confidence"
+    return {
+        "kind": kind,
+        "n_bins": int(n_bins),
+        "ece": _interval(point, samples, ci_level),
+        "bins": rows,
+    }
+
+
+# ----------------------------------------------------------------------- subgroups
+
+# Manifest/index columns that define subgroups, when present (other stages may add them).
+SUBGROUP_COLUMNS = ("sex", "age_band", "age", "site", "scanner", "manufacturer")
+AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"))
+SUBGROUP_METRICS = ("accuracy", "auc", "sensitivity", "specificity")
+
+
+def age_band(age: object) -> str:
+    """ "0-17", "18-39", "40-59", "60-79", "80+" or "unknown" (DICOM "045Y" is read too)."""
+    text = str(age).strip().upper().rstrip("Y")
+    try:
+        years = float(text)
+    except ValueError:
+        return "unknown"
+    if not np.isfinite(years) or years < 0:
+        return "unknown"
+    for low, high, name in AGE_BANDS:
+        if low <= years < high:
+            return name
+    return "80+"
+
+
+def subgroup_columns(frame: pd.DataFrame) -> list[str]:
+    """The subgroup columns the table has with at least one non-empty value."""
+    found = []
+    for column in SUBGROUP_COLUMNS:
+        if column not in frame.columns:
+            continue
+        if column == "age" and "age_band" in found:
+            continue
+        values = frame[column].astype(str).str.strip()
+        if (values != "").any() and frame[column].notna().any():
+            found.append("age_band" if column == "age" else column)
+    return found
+
+
+def subgroup_metrics(
+    groups: pd.DataFrame,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    n_boot: int,
+    ci_level: float,
+    seed: int,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Metrics with bootstrap CIs per value of each subgroup column of ``groups``.
+
+    ``groups`` has one row per case, aligned with y_true. Columns come from
+    :data:`SUBGROUP_COLUMNS` (``age`` is banded into ``age_band``); an empty value is the
+    group "unknown". Returns ``{"columns": [...], "groups": [{"column", "group", "n",
+    "n_per_class", "metrics": {name: interval}}]}``; ``columns`` is empty when the table
+    has none of them (the report then says so).
+    """
+    y_true, probs = _validate_classification(y_true, probs, classes)
+    groups = groups.reset_index(drop=True)
+    if len(groups) != len(y_true):
+        raise ValueError(f"{len(groups)} subgroup rows for {len(y_true)} cases")
+    columns = subgroup_columns(groups)
+    rows = []
+    for column in columns:
+        if column == "age_band" and "age_band" not in groups.columns:
+            values = groups["age"].map(age_band)
+        else:
+            values = (
+                groups[column].astype(str).str.strip().replace({"": "unknown", "nan": "unknown"})
+            )
+        for value in sorted(values.unique()):
+            members = (values == value).to_numpy()
+            result = classification_metrics(
+                y_true[members], probs[members], classes, n_boot, ci_level, seed, threshold
+            )["classification"]
+            rows.append(
+                {
+                    "column": column,
+                    "group": str(value),
+                    "n": int(members.sum()),
+                    "n_per_class": {
+                        name: int(np.sum(y_true[members] == k)) for k, name in enumerate(classes)
+                    },
+                    "metrics": {name: result[name] for name in SUBGROUP_METRICS},
+                }
+            )
+    return {"columns": columns, "groups": rows}
+
+
+def misclassified(predictions: pd.DataFrame, limit: int = 50) -> pd.DataFrame:
+    """Wrong predictions, most confident first: image_id, label, pred_label, confidence."""
+    wrong = predictions[predictions["label"] != predictions["pred_label"]].copy()
+    if wrong.empty:
+        return pd.DataFrame(columns=["image_id", "label", "pred_label", "confidence"])
+    wrong["confidence"] = [float(row[f"prob_{row['pred_label']}"]) for _, row in wrong.iterrows()]
+    wrong = wrong.sort_values(["confidence", "image_id"], ascending=[False, True], kind="stable")
+    return (
+        wrong[["image_id", "label", "pred_label", "confidence"]].head(limit).reset_index(drop=True)
+    )

@@ -1,11 +1,11 @@
 """Explanation stage: saliency maps for a classifier, their overlays and a faithfulness score.
 
 One entry point, :func:`explain`, dispatches to the methods in :data:`EXPLAINERS`
-(Grad-CAM, saliency, LIME, SHAP). Every map is (B, H, W) float32 in [0, 1] at the model's
-input resolution, 1 = most evidence *for* the target class. Randomised methods are seeded
-from a local generator state, so the same seed gives the same map and the caller's global
-RNG state is left alone. The model is explained in eval mode and its previous mode is
-restored afterwards; no hooks are left on it.
+(Grad-CAM, Grad-CAM++, saliency, integrated gradients, LIME, SHAP). Every map is (B, H, W)
+float32 in [0, 1] at the model's input resolution, 1 = most evidence *for* the target
+class. Randomised methods are seeded from a local generator state, so the same seed gives
+the same map and the caller's global RNG state is left alone. The model is explained in
+eval mode and its previous mode is restored afterwards; no hooks are left on it.
 
 explanations.json (written by the CLI next to the overlay PNGs) is a list of
 :class:`ExplanationRecord`::
@@ -16,7 +16,15 @@ explanations.json (written by the CLI next to the overlay PNGs) is a list of
       "label": str,           # true class name
       "pred_label": str,      # predicted class name = the class explained
       "prob": float,          # model probability of pred_label
-      "deletion_auc": float}] # see deletion_auc; lower = more faithful
+      "deletion_auc": float,  # see deletion_auc; lower = more faithful
+      "insertion_auc": float, # see insertion_auc; higher = more faithful
+      "random_deletion_auc": float,   # the same curves for random pixel orders
+      "random_insertion_auc": float,  #   (the baseline every method must beat)
+      "pointing_hit": bool | None,    # lesion cases only (see pointing_game), else null
+      "energy_in_lesion": float | None}]
+
+faithfulness.json summarises the records per method (:func:`summarise`), ranked.
+cases.json lists the case browser's thumbnails (:func:`case_thumbnail`).
 """
 
 from __future__ import annotations
@@ -48,6 +56,11 @@ class ExplanationRecord(TypedDict):
     pred_label: str
     prob: float
     deletion_auc: float
+    insertion_auc: float
+    random_deletion_auc: float
+    random_insertion_auc: float
+    pointing_hit: bool | None
+    energy_in_lesion: float | None
 
 
 Explainer = Callable[[nn.Module, torch.Tensor, list[int], int, int], np.ndarray]
@@ -135,6 +148,40 @@ def _gradcam(
     return _normalise(np.asarray(maps))
 
 
+def _gradcampp(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    from pytorch_grad_cam import GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = GradCAMPlusPlus(model=model, target_layers=[find_target_layer(model)])
+    try:
+        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
+    finally:
+        cam.activations_and_grads.release()
+    return _normalise(np.asarray(maps))
+
+
+def _integrated_gradients(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    """Captum IntegratedGradients from a blurred copy (keeps coarse anatomy) to the image.
+
+    ``num_samples`` is the number of Riemann steps; positive attributions are evidence.
+    """
+    from captum.attr import IntegratedGradients
+
+    inputs = images.clone().requires_grad_(True)
+    attr = IntegratedGradients(model).attribute(
+        inputs,
+        baselines=_blur(images),
+        target=targets,
+        n_steps=max(int(num_samples), 8),
+        internal_batch_size=32,
+    )
+    return _normalise(attr.detach().sum(dim=1).cpu().numpy())
+
+
 def _saliency(
     model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
 ) -> np.ndarray:
@@ -211,7 +258,9 @@ def _lime(
 
 EXPLAINERS: dict[str, Explainer] = {
     "gradcam": _gradcam,
+    "gradcampp": _gradcampp,
     "saliency": _saliency,
+    "integrated_gradients": _integrated_gradients,
     "lime": _lime,
     "shap": _shap,
 }
@@ -229,7 +278,8 @@ def explain(
     """Saliency maps (B, H, W) in [0, 1] for images (B, 1, H, W), one target class each.
 
     ``images`` are normalised as the model expects. ``num_samples`` is LIME's number of
-    perturbations and SHAP's number of baseline/noise draws (ignored by the others).
+    perturbations, SHAP's number of baseline/noise draws and integrated gradients' number
+    of steps (ignored by the others).
     """
     if method not in EXPLAINERS:
         raise ValueError(f"unknown explanation method {method!r}; choose from {sorted(EXPLAINERS)}")
@@ -254,6 +304,45 @@ def explain(
 # ---------------------------------------------------------------------- faithfulness
 
 
+def _curve(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int,
+    heatmap: np.ndarray,
+    steps: int,
+    mode: str,
+    baseline: str,
+) -> np.ndarray:
+    """Target probability as the top-ranked pixels are deleted (or inserted), steps+1 points."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    x = image.detach().float().reshape(1, 1, *image.shape[-2:])
+    heatmap = np.asarray(heatmap)
+    if heatmap.shape != tuple(x.shape[-2:]):
+        raise ValueError(f"heatmap {heatmap.shape} does not match image {tuple(x.shape[-2:])}")
+    with _eval_mode(model):
+        x = x.to(_device(model))
+        if baseline == "mean":
+            fill = torch.full_like(x, float(x.mean()))
+        elif baseline == "blur":
+            fill = _blur(x)
+        else:
+            raise ValueError(f"baseline must be 'mean' or 'blur', got {baseline!r}")
+        n_pixels = x[0, 0].numel()
+        order = torch.from_numpy(np.argsort(-heatmap.ravel(), kind="stable").copy())
+        rank = torch.empty(n_pixels, dtype=torch.long)
+        rank[order] = torch.arange(n_pixels)
+        counts = torch.round(torch.linspace(0, n_pixels, steps + 1)).long()
+        chosen = (rank[None, :] < counts[:, None]).reshape(steps + 1, 1, *x.shape[-2:])
+        chosen = chosen.to(x.device)
+        batch = torch.where(chosen, fill, x) if mode == "deletion" else torch.where(chosen, x, fill)
+        probs = []
+        with torch.no_grad():
+            for chunk in batch.split(32):
+                probs.append(F.softmax(model(chunk), dim=1)[:, target].cpu())
+    return torch.cat(probs).double().numpy()
+
+
 def deletion_auc(
     model: nn.Module,
     image: torch.Tensor,
@@ -271,33 +360,171 @@ def deletion_auc(
     image's probability; the area is over the deleted fraction in [0, 1]. Lower = the map
     points at pixels the model really relies on (Petsiuk et al., RISE, 2018).
     """
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    x = image.detach().float().reshape(1, 1, *image.shape[-2:])
-    if heatmap.shape != tuple(x.shape[-2:]):
-        raise ValueError(f"heatmap {heatmap.shape} does not match image {tuple(x.shape[-2:])}")
-    with _eval_mode(model):
-        x = x.to(_device(model))
-        if baseline == "mean":
-            fill = torch.full_like(x, float(x.mean()))
-        elif baseline == "blur":
-            fill = _blur(x)
-        else:
-            raise ValueError(f"baseline must be 'mean' or 'blur', got {baseline!r}")
-        n_pixels = x[0, 0].numel()
-        order = torch.from_numpy(np.argsort(-heatmap.ravel(), kind="stable").copy())
-        rank = torch.empty(n_pixels, dtype=torch.long)
-        rank[order] = torch.arange(n_pixels)
-        counts = torch.round(torch.linspace(0, n_pixels, steps + 1)).long()
-        deleted = (rank[None, :] < counts[:, None]).reshape(steps + 1, 1, *x.shape[-2:])
-        deleted = deleted.to(x.device)
-        batch = torch.where(deleted, fill, x)
-        probs = []
-        with torch.no_grad():
-            for chunk in batch.split(32):
-                probs.append(F.softmax(model(chunk), dim=1)[:, target].cpu())
-        curve = torch.cat(probs).double().numpy()
+    curve = _curve(model, image, target, heatmap, steps, "deletion", baseline)
     return float(np.trapezoid(curve, dx=1.0 / steps))
+
+
+def insertion_auc(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int,
+    heatmap: np.ndarray,
+    steps: int = 20,
+    *,
+    baseline: str = "blur",
+) -> float:
+    """Area under the target probability as the most salient pixels are inserted first.
+
+    Starts from a strongly blurred copy (``baseline="blur"``, as in RISE) or the image mean
+    and puts the original pixels back in order of decreasing heatmap. Higher = the map
+    finds the evidence sooner.
+    """
+    curve = _curve(model, image, target, heatmap, steps, "insertion", baseline)
+    return float(np.trapezoid(curve, dx=1.0 / steps))
+
+
+def random_baseline(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int,
+    seed: int,
+    n_orders: int = 3,
+    steps: int = 20,
+) -> dict[str, float]:
+    """Mean deletion and insertion AUC over ``n_orders`` random pixel orders.
+
+    A map is only informative if it beats this: deletion lower, insertion higher.
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(image.shape[-2:])
+    deletion, insertion = [], []
+    for _ in range(n_orders):
+        heat = rng.random(shape)
+        deletion.append(deletion_auc(model, image, target, heat, steps))
+        insertion.append(insertion_auc(model, image, target, heat, steps))
+    return {"deletion_auc": float(np.mean(deletion)), "insertion_auc": float(np.mean(insertion))}
+
+
+def _tolerance_pixels(shape: tuple[int, ...], tolerance: float) -> int:
+    """Tolerance as a fraction of the image side (0.03 of 128 px = 4 px)."""
+    return int(round(float(tolerance) * max(shape)))
+
+
+def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 0.03) -> bool | None:
+    """Is the heatmap's maximum inside the lesion (grown by ``tolerance`` x image side)?
+
+    Every pixel that attains the maximum counts (a flat-topped map is not penalised for
+    which of its peak pixels argmax would pick); a hit means one of them is inside.
+    None when the mask is empty or the map is all zero (no point to play).
+    """
+    from scipy.ndimage import binary_dilation
+
+    heatmap, mask = np.asarray(heatmap, dtype=float), np.asarray(mask).astype(bool)
+    if heatmap.shape != mask.shape:
+        raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} differ")
+    if not mask.any() or not np.any(heatmap > 0):
+        return None
+    radius = _tolerance_pixels(mask.shape, tolerance)
+    if radius > 0:
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        mask = binary_dilation(mask, structure=(yy**2 + xx**2) <= radius**2)
+    peaks = heatmap >= heatmap.max()
+    return bool(np.any(peaks & mask))
+
+
+def energy_in_lesion(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
+    """Fraction of the map's total relevance inside the lesion (Score-CAM's energy game).
+
+    None when the mask is empty or the map all zero. A uniform map scores the lesion's
+    area fraction, so compare with that (``mask.mean()``).
+    """
+    heatmap, mask = np.asarray(heatmap, dtype=float), np.asarray(mask).astype(bool)
+    if heatmap.shape != mask.shape:
+        raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} differ")
+    total = float(np.clip(heatmap, 0, None).sum())
+    if not mask.any() or total <= 0:
+        return None
+    return float(np.clip(heatmap, 0, None)[mask].sum() / total)
+
+
+def boxes_to_mask(shape: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
+    """Binary (H, W) mask of boxes given as rows (centre x, centre y, width, height) in pixels
+    of the same grid (the Cheng MRI labels' box_x, box_y, box_w, box_h after scaling)."""
+    mask = np.zeros(shape, dtype=bool)
+    for cx, cy, w, h in np.asarray(boxes, dtype=float).reshape(-1, 4):
+        x0, x1 = int(np.floor(cx - w / 2)), int(np.ceil(cx + w / 2))
+        y0, y1 = int(np.floor(cy - h / 2)), int(np.ceil(cy + h / 2))
+        mask[max(y0, 0) : max(min(y1, shape[0]), 0), max(x0, 0) : max(min(x1, shape[1]), 0)] = True
+    return mask
+
+
+def pointing_game_boxes(
+    heatmap: np.ndarray, boxes: np.ndarray, tolerance: float = 0.03
+) -> bool | None:
+    """:func:`pointing_game` with the lesion given as boxes (cx, cy, w, h) in pixels."""
+    return pointing_game(heatmap, boxes_to_mask(np.shape(heatmap), boxes), tolerance)
+
+
+def energy_in_boxes(heatmap: np.ndarray, boxes: np.ndarray) -> float | None:
+    """:func:`energy_in_lesion` with the lesion given as boxes (cx, cy, w, h) in pixels."""
+    return energy_in_lesion(heatmap, boxes_to_mask(np.shape(heatmap), boxes))
+
+
+def _mean(values: list) -> float | None:
+    defined = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    return float(np.mean(defined)) if defined else None
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Per-method faithfulness summary, best first (faithfulness.json).
+
+    For each method: mean deletion and insertion AUC, the same for random orders, their
+    gains over random (``deletion_gain`` = random - method, ``insertion_gain`` = method -
+    random; positive = better than random), ``score`` = insertion - deletion (the AUC
+    difference; higher = more faithful), the pointing-game hit rate and mean energy inside
+    the lesion over the cases that have a lesion (``n_localised``; null when none), and
+    ``rank`` (1 = best by score, ties by pointing hit rate).
+    """
+    methods: dict[str, list[dict]] = {}
+    for record in records:
+        methods.setdefault(record["method"], []).append(record)
+    rows = []
+    for method, items in methods.items():
+        hits = [r.get("pointing_hit") for r in items if r.get("pointing_hit") is not None]
+        deletion = _mean([r["deletion_auc"] for r in items])
+        insertion = _mean([r.get("insertion_auc") for r in items])
+        rnd_del = _mean([r.get("random_deletion_auc") for r in items])
+        rnd_ins = _mean([r.get("random_insertion_auc") for r in items])
+
+        def diff(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a - b
+
+        rows.append(
+            {
+                "method": method,
+                "n": len(items),
+                "deletion_auc": deletion,
+                "insertion_auc": insertion,
+                "random_deletion_auc": rnd_del,
+                "random_insertion_auc": rnd_ins,
+                "deletion_gain": diff(rnd_del, deletion),
+                "insertion_gain": diff(insertion, rnd_ins),
+                "score": diff(insertion, deletion),
+                "n_localised": len(hits),
+                "pointing_hit_rate": float(np.mean(hits)) if hits else None,
+                "energy_in_lesion": _mean([r.get("energy_in_lesion") for r in items]),
+            }
+        )
+
+    def key(row: dict) -> tuple:
+        score = row["score"] if row["score"] is not None else -np.inf
+        hit = row["pointing_hit_rate"] if row["pointing_hit_rate"] is not None else -np.inf
+        return (-score, -hit, row["method"])
+
+    rows.sort(key=key)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return rows
 
 
 # --------------------------------------------------------------------------- overlays
@@ -308,8 +535,12 @@ def _mpl_text(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def overlay_png(image01: np.ndarray, heatmap01: np.ndarray, title: str) -> bytes:
+def overlay_png(
+    image01: np.ndarray, heatmap01: np.ndarray, title: str, lesion: np.ndarray | None = None
+) -> bytes:
     """PNG of the greyscale image with the heatmap (jet, semi-transparent) and a colour bar.
+
+    ``lesion`` (a binary mask of the same shape), when given, is outlined in white.
 
     Built on a bare Figure + Agg canvas (no pyplot state) and saved without metadata, so
     the same input gives the same bytes.
@@ -322,6 +553,8 @@ def overlay_png(image01: np.ndarray, heatmap01: np.ndarray, title: str) -> bytes
     ax = fig.add_subplot()
     ax.imshow(image01, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     heat = ax.imshow(heatmap01, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0, interpolation="nearest")
+    if lesion is not None and np.asarray(lesion).any():
+        ax.contour(np.asarray(lesion, dtype=float), levels=[0.5], colors="white", linewidths=1)
     fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04, label="relevance")
     ax.set_title(_mpl_text(title), fontsize=9)
     ax.set_axis_off()
@@ -343,3 +576,32 @@ def choose_cases(predictions: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     turn = shuffled.groupby("label").cumcount()
     picked = shuffled.assign(_turn=turn).sort_values(["_turn", "label"], kind="stable").head(n)
     return picked.drop(columns="_turn").reset_index(drop=True)
+
+
+def case_thumbnail(image01: np.ndarray, heatmap01: np.ndarray | None, size: int = 96) -> bytes:
+    """Small PNG for the case browser: the image, and beside it the heatmap blended in (jet).
+
+    No figure machinery (fast for every test case); deterministic bytes.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    image01 = np.clip(np.asarray(image01, dtype=float), 0.0, 1.0)
+    grey = np.repeat(image01[..., None], 3, axis=2)
+    panels = [grey]
+    if heatmap01 is not None:
+        heat = np.clip(np.asarray(heatmap01, dtype=float), 0.0, 1.0)
+        if heat.shape != image01.shape:
+            raise ValueError(f"image {image01.shape} and heatmap {heat.shape} differ")
+        colour = colormaps["jet"](heat)[..., :3]
+        panels.append(0.6 * grey + 0.4 * colour)
+    tiles = [
+        Image.fromarray((p * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
+        for p in panels
+    ]
+    canvas = Image.new("RGB", (size * len(tiles) + 2 * (len(tiles) - 1), size), "white")
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, (i * (size + 2), 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from radflow import imaging, manifest
+from radflow import imaging, manifest, sources
 from radflow.manifest import Quarantined
+from radflow.sources import Source
 
 STAGE = "ingest"
-
-
-class LabelsError(ValueError):
-    """The labels CSV cannot be used; the message names the file and column."""
 
 
 @dataclass
@@ -36,22 +33,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_labels(path: Path | None) -> pd.DataFrame:
-    """Labels keyed by path relative to the raw folder; an absent CSV means no labels."""
-    if path is None:
-        return pd.DataFrame(columns=["path", "label"])
-    if not path.exists():
-        raise LabelsError(f"labels CSV {path} not found; fix data.labels_csv in params.yaml")
-    labels = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in ("path", "label"):
-        if column not in labels.columns:
-            raise LabelsError(f"labels CSV {path} lacks the column '{column}'")
-    dup = labels["path"][labels["path"].duplicated()]
-    if len(dup):
-        raise LabelsError(f"labels CSV {path} lists {dup.iloc[0]} more than once")
-    return labels.set_index("path", drop=False)
 
 
 def is_hidden(path: Path, root: Path) -> bool:
@@ -75,16 +56,15 @@ def find_files(root: Path, exclude: set[Path]) -> tuple[list[Path], int]:
     return files, hidden
 
 
-def inspect_file(path: Path, fmt: str) -> dict[str, object]:
+def inspect_file(path: Path, fmt: str, patient_attribute: str = "PatientID") -> dict[str, object]:
     """Header facts for one image; raises ImageReadError when it cannot be used."""
     if fmt == "dicom":
         ds = imaging.read_dicom(path)
         pixels = imaging.dicom_pixels(ds)
-        modality = imaging.DICOM_MODALITIES.get(str(getattr(ds, "Modality", "")), "")
         issuer = str(getattr(ds, "IssuerOfPatientID", "") or "")
-        patient = str(getattr(ds, "PatientID", "") or "")
+        patient = str(getattr(ds, patient_attribute, "") or "")
         return {
-            "modality": modality,
+            "modality": imaging.DICOM_MODALITIES.get(str(getattr(ds, "Modality", "")), ""),
             "dicom_modality": str(getattr(ds, "Modality", "")),
             "patient_key": f"{issuer}/{patient}" if issuer and patient else patient,
             "study_key": str(getattr(ds, "StudyInstanceUID", "") or ""),
@@ -106,48 +86,50 @@ def inspect_file(path: Path, fmt: str) -> dict[str, object]:
     }
 
 
-def ingest(raw_dir: Path, labels_csv: Path | None) -> IngestResult:
-    """Build the manifest for raw_dir; file reading is the whole point of this stage."""
+def ingest(source: Source) -> IngestResult:
+    """Build the manifest for a data source; file reading is the whole point of this stage."""
+    raw_dir = source.raw_dir
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"input folder {raw_dir} not found; set data.raw_dir in params")
-    labels = read_labels(labels_csv)
-    masks = {(raw_dir / m).resolve() for m in labels.get("mask", pd.Series(dtype=str)) if m}
-    exclude = masks | ({labels_csv.resolve()} if labels_csv else set())
+    labels = sources.labels_table(source)
+    masks = {(raw_dir / m).resolve() for m in labels["mask"] if m}
+    exclude = masks | ({source.labels_csv.resolve()} if source.labels_csv else set())
     files, hidden = find_files(raw_dir, exclude)
     rows: list[dict[str, object]] = []
     quarantine: list[Quarantined] = []
     seen: dict[str, str] = {}
     for path in files:
         rel = path.relative_to(raw_dir).as_posix()
-        row, reason = _ingest_one(path, rel, raw_dir, labels, seen)
+        row, reason = _ingest_one(path, rel, source, labels, seen)
         if reason:
             quarantine.append(Quarantined(str(path), STAGE, reason))
         else:
             rows.append(row)
     found = {p.relative_to(raw_dir).as_posix() for p in files}
-    for rel in labels.index:
-        if rel not in found:
-            quarantine.append(
-                Quarantined(str(raw_dir / rel), STAGE, "listed in the labels CSV but not found")
-            )
+    missing = [rel for rel in labels.index if rel not in found]
+    for rel in missing:
+        quarantine.append(
+            Quarantined(str(raw_dir / rel), STAGE, "listed in the labels but not found")
+        )
     frame = manifest.conform(pd.DataFrame(rows)) if rows else manifest.empty()
     return IngestResult(
         manifest=frame,
         quarantine=manifest.quarantine_frame(quarantine),
-        inputs=len(files) + int((~labels.index.isin(list(found))).sum()),
+        inputs=len(files) + len(missing),
         hidden=hidden,
     )
 
 
 def _ingest_one(
-    path: Path, rel: str, raw_dir: Path, labels: pd.DataFrame, seen: dict[str, str]
+    path: Path, rel: str, source: Source, labels: pd.DataFrame, seen: dict[str, str]
 ) -> tuple[dict[str, object], str]:
     """One manifest row, or an empty row and the reason to quarantine the file."""
     fmt = imaging.detect_format(path)
     if fmt is None:
         return {}, "not a DICOM, PNG, JPEG or NIfTI file"
+    rule = source.patient
     try:
-        facts = inspect_file(path, fmt)
+        facts = inspect_file(path, fmt, rule.dicom_attribute)
     except imaging.ImageReadError as exc:
         return {}, str(exc)
     digest = sha256_file(path)
@@ -156,18 +138,18 @@ def _ingest_one(
     entry = labels.loc[rel] if rel in labels.index else None
     label = "" if entry is None else str(entry["label"])
     if not label:
-        return {}, "no label: add the file to the labels CSV"
-    modality = facts.pop("modality") or _column(entry, "modality")
+        return {}, "no label: add the file to the labels (data.labels_csv or class folder)"
+    modality = facts.pop("modality") or _column(entry, "modality") or (source.modality or "")
     dicom_modality = facts.pop("dicom_modality")
     if modality not in imaging.DICOM_MODALITIES.values():
         what = f"DICOM modality {dicom_modality!r}" if dicom_modality else "no modality"
-        return {}, f"{what}: radflow handles MR, CT, DX/CR (or a modality column in labels)"
-    patient = facts["patient_key"] or _column(entry, "patient_id")
+        return {}, f"{what}: radflow handles MR, CT, DX/CR (or set data.modality)"
+    patient, provenance = _patient_key(rule, facts.pop("patient_key"), entry, path, digest)
     if not patient:
-        return {}, "no patient id: add a patient_id column to the labels CSV"
+        return {}, f"no patient key by data.patient_key ({rule.source}); see README"
     mask = _column(entry, "mask")
-    if mask and not (raw_dir / mask).is_file():
-        return {}, f"mask {mask} listed in the labels CSV not found"
+    if mask and not (source.raw_dir / mask).is_file():
+        return {}, f"mask {mask} listed in the labels not found"
     seen[digest] = rel
     return {
         **facts,
@@ -177,9 +159,23 @@ def _ingest_one(
         "format": fmt,
         "modality": modality,
         "patient_key": patient,
+        "patient_key_source": provenance,
         "label": label,
-        "mask_path": str(raw_dir / mask) if mask else "",
+        "mask_path": str(source.raw_dir / mask) if mask else "",
     }, ""
+
+
+def _patient_key(
+    rule: sources.PatientRule, header: str, entry: pd.Series | None, path: Path, digest: str
+) -> tuple[str, str]:
+    """The key by the params rule and where it came from (flagged when not a real id)."""
+    if rule.source == "image":
+        return digest[:16], "image"
+    if rule.source == "filename":
+        return rule.from_filename(path.name), rule.provenance
+    if rule.source == "dicom" and header:
+        return header, "dicom"
+    return _column(entry, "patient_id"), "column"
 
 
 def _column(entry: pd.Series | None, name: str) -> str:

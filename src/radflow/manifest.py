@@ -20,6 +20,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "format": ("string", "dicom | png | jpeg | nifti"),
     "modality": ("string", "radflow modality: mri | ct | xray"),
     "patient_key": ("string", "patient identifier (after anonymise: keyed pseudonym)"),
+    "patient_key_source": (
+        "string",
+        "how patient_key was found: dicom | column | filename | filename-run | image "
+        "(the last two are not real patient ids and are flagged in reports)",
+    ),
     "study_key": ("string", "study identifier (after anonymise: remapped UID)"),
     "series_key": ("string", "series identifier (after anonymise: remapped UID)"),
     "label": ("string", "class name; empty when unlabelled"),
@@ -51,6 +56,9 @@ def empty() -> pd.DataFrame:
 
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Order columns and cast dtypes; extra columns are kept after the schema ones."""
+    frame = frame.copy()
+    if "patient_key_source" not in frame.columns:  # manifests written before the column
+        frame["patient_key_source"] = ""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest lacks column(s) {missing}; re-run `radflow ingest`")
@@ -58,7 +66,7 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[list(COLUMNS) + extra].copy()
     for name, (dtype, _) in COLUMNS.items():
         out[name] = out[name].astype(dtype)
-    for name in ("label", "mask_path", "study_key", "series_key"):
+    for name in ("label", "mask_path", "study_key", "series_key", "patient_key_source"):
         out[name] = out[name].fillna("")
     return out.reset_index(drop=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,75 @@ def validate(params: dict[str, Any], source: str = "params") -> dict[str, Any]:
     return params
 
 
-def load(path: str | Path = "params.yaml") -> dict[str, Any]:
-    path = Path(path)
+PROFILE_ENV = "RADFLOW_PROFILE"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ParamsError(f"{path} not found; run from the project root or pass --params")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(params, dict):
+    if not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping of parameters")
-    return validate(params, str(path))
+    return data
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Overlay wins; mappings merge key by key, everything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(path: str | Path = "params.yaml", environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """params.yaml, with the profile overlay named by $RADFLOW_PROFILE merged on top.
+
+    The Snakefile sets RADFLOW_PROFILE for `snakemake --configfile profiles/<name>.yaml`, so
+    the stages see exactly the values Snakemake's config holds.
+    """
+    params = read_yaml(Path(path))
+    profile = (os.environ if environ is None else environ).get(PROFILE_ENV)
+    source = str(path)
+    if profile:
+        params = merge(params, read_yaml(Path(profile)))
+        source = f"{path} + {profile}"
+    return validate(params, source)
+
+
+def dvc_set_args(overlay: dict[str, Any], prefix: str = "") -> list[str]:
+    """`dvc exp run` arguments (-S ++key=value, Hydra syntax) that apply an overlay."""
+    args: list[str] = []
+    for key, value in overlay.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(_is_identifier(k) for k in value):
+            args += dvc_set_args(value, f"{name}.")
+        else:
+            args += ["-S", f"++{name}={_hydra(value)}"]
+    return args
+
+
+def _is_identifier(key: Any) -> bool:
+    return isinstance(key, str) and key.isidentifier()
+
+
+def _hydra(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra(v)}" for k, v in value.items()) + "}"
+    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def params_hash(params: dict[str, Any]) -> str:

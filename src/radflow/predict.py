@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from radflow import imaging
+from radflow.calibration import decide_labels
 from radflow.models import load_model
 from radflow.preprocess import prepare_image
 from radflow.train import predict_probs
@@ -21,7 +22,8 @@ def image_files(root: Path) -> list[Path]:
 
 
 def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
-    """One row per image: path, one prob_<class> column per class, the predicted label.
+    """One row per image: path, one prob_<class> column per class, the predicted label
+    (at the operating threshold chosen on validation for binary models).
 
     Unreadable images get a row with an `error` and no probabilities, so none is lost.
     """
@@ -42,12 +44,16 @@ def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
     ok = [i for i, a in enumerate(arrays) if a is not None]
     probs = np.full((len(paths), len(classes)), np.nan)
     if ok:
-        probs[ok] = predict_probs(model, np.stack([arrays[i] for i in ok]))
+        probs[ok] = predict_probs(
+            model, np.stack([arrays[i] for i in ok]),
+            temperature=meta.get("temperature", 1.0), tta=meta.get("tta", False),
+        )  # fmt: skip
     table = pd.DataFrame({"path": [str(p) for p in paths]})
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
+    decided = decide_labels(np.nan_to_num(probs), meta.get("threshold"))
     table["pred_label"] = [
-        classes[int(np.argmax(p))] if e == "" else "" for p, e in zip(probs, errors, strict=True)
+        classes[d] if e == "" else "" for d, e in zip(decided, errors, strict=True)
     ]
     table["error"] = errors
     return table

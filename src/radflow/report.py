@@ -13,8 +13,13 @@ Context for :func:`render_modality_page` (:class:`ModalityContext`)::
       "modality": "mri",                        # required; [A-Za-z0-9_-]+
       "metrics": {...},                         # required; metrics.json as written by evaluate
       "roc": pd.DataFrame | None,               # roc.csv (fpr, tpr, threshold)
+      "pr": pd.DataFrame | None,                # pr.csv (precision, recall, threshold)
+      "predictions": pd.DataFrame | None,       # predictions.csv (misclassified cases)
       "histories": {"classifier": df, "segmenter": df},  # history.csv per trained model
       "explanations": [ExplanationItem, ...],   # explanations.json rows + "png": bytes
+      "faithfulness": {...} | None,             # faithfulness.json (per-method summary)
+      "cases": [CaseItem, ...],                 # cases.json rows + "png": bytes (browser)
+      "git_revision": "abc1234",                # the code that made the page
       "meta": {...},                            # classifier meta.json
       "segmenter_meta": {...} | None,           # segmenter meta.json (shows "not trained")
       "params": {...},                          # params.yaml as loaded
@@ -24,9 +29,15 @@ Context for :func:`render_modality_page` (:class:`ModalityContext`)::
     }
 
 Cards for :func:`render_index` (:class:`IndexCard`): ``{"modality": "mri", "metrics":
-metrics.json dict or None}``; the link is always ``{modality}.html`` (relative, the index
-sits next to the modality pages). Context for the index (:class:`IndexContext`):
-``{"title", "generated_at", "params_hash"}``, all optional.
+metrics.json dict or None}``; each modality gets a classifier card and a segmenter card that
+link into ``{modality}.html`` (relative, the index sits next to the modality pages). Context
+for the index (:class:`IndexContext`): ``{"title", "generated_at", "params_hash",
+"git_revision", "versions"}``, all optional.
+
+Both pages carry a few lines of inline JavaScript (no library): click a table header of a
+``table.sortable`` to sort it, filter the case browser, and on load set
+``data-ready="1"`` and ``data-render-ms`` (time from navigation start) on ``<html>`` for
+the browser test.
 """
 
 from __future__ import annotations
@@ -77,6 +88,23 @@ class ExplanationItem(TypedDict):
     pred_label: str
     prob: float
     deletion_auc: float
+    insertion_auc: float
+    random_deletion_auc: float
+    random_insertion_auc: float
+    pointing_hit: bool | None
+    energy_in_lesion: float | None
+    png: bytes
+
+
+class CaseItem(TypedDict):
+    """A row of cases.json (see radflow.cli._case_browser) plus the thumbnail's bytes."""
+
+    image_id: str
+    label: str
+    pred_label: str
+    confidence: float
+    correct: bool
+    file: str
     png: bytes
 
 
@@ -86,8 +114,13 @@ class ModalityContext(TypedDict, total=False):
     modality: Required[str]
     metrics: Required[dict[str, Any]]
     roc: pd.DataFrame | None
+    pr: pd.DataFrame | None
+    predictions: pd.DataFrame | None
     histories: Mapping[str, pd.DataFrame]
     explanations: Sequence[ExplanationItem]
+    faithfulness: dict[str, Any] | None
+    cases: Sequence[CaseItem]
+    git_revision: str
     meta: dict[str, Any]
     segmenter_meta: dict[str, Any] | None
     params: dict[str, Any]
@@ -107,6 +140,8 @@ class IndexContext(TypedDict, total=False):
     title: str
     generated_at: str
     params_hash: str
+    git_revision: str
+    versions: dict[str, str]
 
 
 # ----------------------------------------------------------------------- formatting
@@ -170,8 +205,18 @@ def data_uri(png_bytes: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii")
 
 
-def roc_png(roc_df: pd.DataFrame, auc: float | None) -> bytes:
-    """ROC curve (fpr vs tpr) with the chance diagonal; AUC in the title when defined."""
+def _mark(ax: Any, x: float | None, y: float | None, label: str) -> None:
+    if x is not None and y is not None:
+        ax.plot([x], [y], marker="o", markersize=9, color="tab:red", linestyle="none", label=label)
+
+
+def roc_png(
+    roc_df: pd.DataFrame, auc: float | None, point: Mapping[str, Any] | None = None
+) -> bytes:
+    """ROC curve (fpr vs tpr) with the chance diagonal; AUC in the title when defined.
+
+    ``point`` (metrics.json's operating_point) is marked on the curve.
+    """
     fig = _figure(4.2, 4.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
@@ -179,12 +224,73 @@ def roc_png(roc_df: pd.DataFrame, auc: float | None) -> bytes:
         ax.plot(roc_df["fpr"], roc_df["tpr"], color="tab:blue", linewidth=2, label="model")
     else:
         ax.text(0.5, 0.5, "ROC undefined\n(one class only)", ha="center", va="center")
+    if point:
+        _mark(ax, point.get("fpr"), point.get("tpr"), _operating_label(point))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("False positive rate (1 - specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
     ax.set_title("ROC" if auc is None else f"ROC (AUC = {auc:.3f})")
     ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _operating_label(point: Mapping[str, Any]) -> str:
+    if point.get("rule") == "threshold" and point.get("threshold") is not None:
+        return f"operating point (threshold {point['threshold']:.2f})"
+    return "operating point (argmax)"
+
+
+def pr_png(pr_df: pd.DataFrame, prevalence: float | None, point: Mapping[str, Any] | None) -> bytes:
+    """Precision-recall curve with the no-skill line (prevalence) and the operating point."""
+    fig = _figure(4.2, 4.0)
+    ax = fig.add_subplot()
+    if prevalence is not None:
+        ax.axhline(prevalence, linestyle="--", color="grey", linewidth=1, label="no skill")
+    if len(pr_df):
+        ax.plot(pr_df["recall"], pr_df["precision"], color="tab:blue", linewidth=2, label="model")
+    else:
+        ax.text(0.5, 0.5, "PR curve undefined\n(one class only)", ha="center", va="center")
+    if point:
+        _mark(ax, point.get("recall"), point.get("precision"), _operating_label(point))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("Recall (sensitivity)")
+    ax.set_ylabel("Precision (PPV)")
+    ax.set_title("Precision-recall")
+    ax.legend(loc="lower left")
+    return _png(fig)
+
+
+def reliability_png(calibration: Mapping[str, Any]) -> bytes:
+    """Reliability diagram: observed rate against mean confidence per bin, bin counts below."""
+    fig = _figure(4.2, 4.6)
+    ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
+    bins = [b for b in calibration.get("bins", []) if b.get("count")]
+    if bins:
+        ax.plot(
+            [b["mean_confidence"] for b in bins],
+            [b["observed"] for b in bins],
+            marker="o",
+            color="tab:blue",
+            label="model",
+        )
+    all_bins = calibration.get("bins", [])
+    hist.bar(
+        [(b["low"] + b["high"]) / 2 for b in all_bins],
+        [b["count"] for b in all_bins],
+        width=[(b["high"] - b["low"]) * 0.9 for b in all_bins],
+        color="tab:blue",
+    )
+    ece = calibration.get("ece") or {}
+    ax.set_title("Reliability (ECE " + format_interval(ece) + ")")
+    ax.set_ylabel("Observed rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="upper left")
+    hist.set_xlabel(_mpl_text(calibration.get("kind", "confidence")))
+    hist.set_ylabel("cases")
     return _png(fig)
 
 
@@ -255,7 +361,14 @@ def _history_figures(histories: Mapping[str, pd.DataFrame]) -> list[dict[str, st
     return figures
 
 
-def _explanation_cards(items: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+def _hit_text(hit: bool | None) -> str:
+    return "n/a" if hit is None else ("hit" if hit else "miss")
+
+
+def _explanation_cards(
+    items: Sequence[Mapping[str, Any]], ranks: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """Every overlay with its own faithfulness scores, grouped by method in rank order."""
     cards = []
     for item in items:
         png = item.get("png")
@@ -273,9 +386,117 @@ def _explanation_cards(items: Sequence[Mapping[str, Any]]) -> list[dict[str, str
                 "pred_label": str(item["pred_label"]),
                 "prob": format_value(item.get("prob")),
                 "deletion_auc": format_value(item.get("deletion_auc")),
+                "insertion_auc": format_value(item.get("insertion_auc")),
+                "random_deletion_auc": format_value(item.get("random_deletion_auc")),
+                "random_insertion_auc": format_value(item.get("random_insertion_auc")),
+                "pointing": _hit_text(item.get("pointing_hit")),
+                "energy": format_value(item.get("energy_in_lesion")),
+                "rank": ranks.get(str(item["method"])),
+            }
+        )
+    order = {m: i for i, m in enumerate(sorted(ranks, key=ranks.get))}
+    cards.sort(key=lambda c: (order.get(c["method"], len(order)), c["method"]))
+    return cards
+
+
+def _faithfulness_rows(faithfulness: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not faithfulness:
+        return []
+    rows = []
+    for row in faithfulness.get("methods", []):
+        hit = row.get("pointing_hit_rate")
+        rows.append(
+            {
+                "rank": row.get("rank"),
+                "method": str(row["method"]),
+                "n": row.get("n"),
+                "deletion": format_value(row.get("deletion_auc")),
+                "random_deletion": format_value(row.get("random_deletion_auc")),
+                "deletion_gain": format_value(row.get("deletion_gain")),
+                "insertion": format_value(row.get("insertion_auc")),
+                "random_insertion": format_value(row.get("random_insertion_auc")),
+                "insertion_gain": format_value(row.get("insertion_gain")),
+                "score": format_value(row.get("score")),
+                "pointing": "n/a" if hit is None else f"{hit:.2f}",
+                "n_localised": row.get("n_localised", 0),
+                "energy": format_value(row.get("energy_in_lesion")),
+            }
+        )
+    return rows
+
+
+def _case_cards(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    cards = []
+    for case in cases:
+        if not case.get("png"):
+            raise ValueError(f"case {case.get('image_id')!r} has no png bytes")
+        cards.append(
+            {
+                "uri": data_uri(case["png"]),
+                "image_id": str(case["image_id"]),
+                "label": str(case["label"]),
+                "pred_label": str(case["pred_label"]),
+                "confidence": format_value(case.get("confidence")),
+                "correct": bool(case.get("correct")),
             }
         )
     return cards
+
+
+def _misclassified_rows(
+    predictions: pd.DataFrame | None, cases: Sequence[Mapping[str, Any]], limit: int = 50
+) -> list[dict[str, Any]] | None:
+    """Wrong predictions, most confident first, with the case thumbnail where there is one."""
+    if predictions is None:
+        return None
+    from radflow.evaluate import misclassified
+
+    thumbs = {str(c["image_id"]): data_uri(c["png"]) for c in cases if c.get("png")}
+    table = misclassified(predictions, limit)
+    return [
+        {
+            "image_id": str(row.image_id),
+            "label": str(row.label),
+            "pred_label": str(row.pred_label),
+            "confidence": format_value(row.confidence),
+            "uri": thumbs.get(str(row.image_id)),
+        }
+        for row in table.itertuples(index=False)
+    ]
+
+
+def _subgroup_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    from radflow.evaluate import SUBGROUP_COLUMNS, SUBGROUP_METRICS
+
+    sub = metrics.get("subgroups")
+    if sub is None:
+        return None
+    rows = [
+        {
+            "column": str(g["column"]),
+            "group": str(g["group"]),
+            "n": g["n"],
+            "n_per_class": ", ".join(f"{k}: {v}" for k, v in g.get("n_per_class", {}).items()),
+            "cells": [
+                {
+                    "value": format_value((g["metrics"].get(m) or {}).get("value")),
+                    "ci": format_ci(g["metrics"].get(m)),
+                }
+                for m in SUBGROUP_METRICS
+            ],
+        }
+        for g in sub.get("groups", [])
+    ]
+    return {
+        "columns": [str(c) for c in sub.get("columns", [])],
+        "looked_for": ", ".join(SUBGROUP_COLUMNS),
+        "metrics": [METRIC_LABELS.get(m, m) for m in SUBGROUP_METRICS],
+        "rows": rows,
+    }
+
+
+def _data_hashes(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return sorted((str(k), str(v)) for k, v in (metrics.get("inputs") or {}).items())
 
 
 def _confusion_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -297,9 +518,31 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
     metrics = context["metrics"]
     meta = context.get("meta") or {}
     classification = metrics.get("classification") or {}
-    roc = context.get("roc")
+    roc, pr = context.get("roc"), context.get("pr")
     auc = (classification.get("auc") or {}).get("value")
+    point = metrics.get("operating_point")
+    calibration = metrics.get("calibration")
     seg_meta = context.get("segmenter_meta") or {}
+    faithfulness = context.get("faithfulness")
+    ranks = {
+        str(r["method"]): int(r["rank"])
+        for r in (faithfulness or {}).get("methods", [])
+        if r.get("rank") is not None
+    }
+    cases = list(context.get("cases") or [])
+    matrix = (metrics.get("confusion_matrix") or {}).get("matrix") or []
+    n_total = sum(sum(row) for row in matrix)
+    prevalence = sum(matrix[-1]) / n_total if len(matrix) == 2 and n_total else None
+    metric_rows = _metric_rows(classification, METRIC_LABELS)
+    if calibration:
+        metric_rows.append(
+            {
+                "key": "ece",
+                "name": "Expected calibration error (lower is better)",
+                "value": format_value(calibration["ece"].get("value")),
+                "ci": format_ci(calibration["ece"]),
+            }
+        )
     return {
         "title": context.get("title") or f"radflow - {modality}",
         "modality": modality,
@@ -308,19 +551,33 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "positive_class": metrics.get("positive_class"),
         "ci_percent": f"{100 * float(metrics.get('ci_level', 0.95)):g}",
         "bootstrap_samples": metrics.get("bootstrap_samples"),
-        "metric_rows": _metric_rows(classification, METRIC_LABELS),
-        "roc_uri": data_uri(roc_png(roc, auc)) if roc is not None else None,
+        "metric_rows": metric_rows,
+        "operating_point": point,
+        "operating_text": _operating_label(point) if point else None,
+        "roc_uri": data_uri(roc_png(roc, auc, point)) if roc is not None else None,
+        "pr_uri": data_uri(pr_png(pr, prevalence, point)) if pr is not None else None,
+        "calibration": calibration,
+        "calibration_uri": data_uri(reliability_png(calibration)) if calibration else None,
         "confusion": _confusion_view(metrics),
+        "subgroups": _subgroup_view(metrics),
+        "misclassified": _misclassified_rows(context.get("predictions"), cases),
+        "cases": _case_cards(cases),
         "segmentation": metrics.get("segmentation"),
         "segmentation_rows": _metric_rows(metrics.get("segmentation"), SEGMENTATION_LABELS),
         "segmenter_reason": seg_meta.get("reason") if seg_meta.get("trained") is False else None,
         "histories": _history_figures(context.get("histories") or {}),
-        "explanations": _explanation_cards(context.get("explanations") or []),
+        "faithfulness": _faithfulness_rows(faithfulness),
+        "faithfulness_settings": {
+            k: (faithfulness or {}).get(k) for k in ("steps", "random_orders", "pointing_tolerance")
+        },
+        "explanations": _explanation_cards(context.get("explanations") or [], ranks),
         "params_yaml": yaml.safe_dump(context.get("params") or {}, sort_keys=False),
         "versions": sorted((context.get("versions") or meta.get("versions") or {}).items()),
+        "data_hashes": _data_hashes(metrics),
         "params_hash": metrics.get("params_hash") or meta.get("params_hash") or "n/a",
         "model_params_hash": meta.get("params_hash"),
         "weights_origin": meta.get("weights_origin") or "n/a",
+        "git_revision": context.get("git_revision") or meta.get("git_revision") or "unknown",
         "arch": meta.get("arch"),
         "best_epoch": meta.get("best_epoch"),
         "generated_at": context.get("generated_at") or _now(),
@@ -328,20 +585,61 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
     }
 
 
-def _index_card_view(card: IndexCard) -> dict[str, Any]:
+def _index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
+    """A classifier card and a segmenter card for one modality."""
     modality = _safe_name(card["modality"])
     metrics = card.get("metrics") or {}
     classification = metrics.get("classification") or {}
     segmentation = metrics.get("segmentation") or {}
-    return {
-        "modality": modality,
-        "href": f"{modality}.html",
-        "evaluated": bool(metrics),
-        "n_test": metrics.get("n_test"),
-        "auc": format_interval(classification.get("auc")),
-        "accuracy": format_interval(classification.get("accuracy")),
-        "dice": format_interval(segmentation.get("dice")) if segmentation else None,
-    }
+    calibration = metrics.get("calibration") or {}
+    point = metrics.get("operating_point") or {}
+    status = metrics.get("segmenter") or {}
+    classifier_rows = [
+        ("test images", str(metrics.get("n_test"))),
+        ("AUC", format_interval(classification.get("auc"))),
+        ("Accuracy", format_interval(classification.get("accuracy"))),
+        ("Sensitivity", format_interval(classification.get("sensitivity"))),
+        ("Specificity", format_interval(classification.get("specificity"))),
+    ]
+    if calibration:
+        classifier_rows.append(("ECE", format_interval(calibration.get("ece"))))
+    if point:
+        classifier_rows.append(("Operating point", _operating_label(point)))
+    if segmentation:
+        seg_rows = [
+            ("test images", str(segmentation.get("n_images"))),
+            ("Dice", format_interval(segmentation.get("dice"))),
+            ("Dice (lesion)", format_interval(segmentation.get("dice_lesion"))),
+            ("IoU", format_interval(segmentation.get("iou"))),
+        ]
+        seg_note = None
+    else:
+        seg_rows = []
+        seg_note = (
+            f"Not trained: {status['reason']}"
+            if status.get("reason")
+            else "No segmentation results."
+        )
+    return [
+        {
+            "id": f"card-{modality}",
+            "modality": modality,
+            "task": "classifier",
+            "href": f"{modality}.html#metrics",
+            "evaluated": bool(metrics),
+            "rows": classifier_rows,
+            "note": None,
+        },
+        {
+            "id": f"card-{modality}-segmenter",
+            "modality": modality,
+            "task": "segmenter",
+            "href": f"{modality}.html#segmentation",
+            "evaluated": bool(metrics),
+            "rows": seg_rows,
+            "note": seg_note,
+        },
+    ]
 
 
 # -------------------------------------------------------------------------- render
@@ -365,7 +663,8 @@ def render_modality_page(context: ModalityContext) -> str:
 
 
 def render_index(cards: Sequence[IndexCard], context: IndexContext | None = None) -> str:
-    """The index page: one card per modality with its key metrics and a link to its page."""
+    """The index page: a classifier and a segmenter card per modality, with key metrics
+    (with CIs) and links into the modality page."""
     context = context or {}
     return (
         _environment()
@@ -374,7 +673,9 @@ def render_index(cards: Sequence[IndexCard], context: IndexContext | None = None
             title=context.get("title") or "radflow reports",
             generated_at=context.get("generated_at") or _now(),
             params_hash=context.get("params_hash"),
-            cards=[_index_card_view(card) for card in cards],
+            git_revision=context.get("git_revision"),
+            versions=sorted((context.get("versions") or {}).items()),
+            cards=[view for card in cards for view in _index_cards_view(card)],
             radflow_version=__version__,
         )
     )

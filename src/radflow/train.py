@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from monai.transforms import (
 from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 
+from radflow.fileio import atomic_write
 from radflow.models import build_classifier, build_segmenter, normalise_batch
 
 
@@ -139,6 +141,23 @@ def _autocast(device: torch.device) -> Any:
     )
 
 
+def _param_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> list[dict]:
+    """The classifier head at lr, the pretrained backbone at lr * backbone_scale."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
+    if not head_ids or backbone_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    return [
+        {"params": backbone, "lr": lr * backbone_scale},
+        {"params": list(head.parameters()), "lr": lr},
+    ]
+
+
+def _fingerprint(cfg: dict[str, Any], n_train: int, seed: int) -> str:
+    return repr((sorted(cfg.items()), n_train, seed))
+
+
 def _fit(
     model: torch.nn.Module,
     step: Callable[[np.ndarray, bool], tuple[torch.Tensor, Any]],
@@ -147,18 +166,33 @@ def _fit(
     cfg: dict[str, Any],
     device: torch.device,
     seed: int,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """The shared epoch loop: warm-up + cosine, AMP on CUDA, best-epoch deep copy."""
+    """The shared epoch loop: warm-up + cosine, AMP on CUDA, best-epoch deep copy, early
+    stopping (cfg patience), and a per-epoch checkpoint to resume after an interruption."""
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 1e-4)
+        _param_groups(model, cfg["lr"], cfg.get("backbone_lr_scale", 1.0)),
+        weight_decay=cfg.get("weight_decay", 1e-4),
     )
     steps = math.ceil(n_train / cfg["batch_size"])
     scheduler = _schedule(optimizer, cfg["epochs"], steps)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     rng = np.random.default_rng(seed)
-    rows, best_state, best_epoch = [], None, 0
-    best_score: tuple[float, float] = (-math.inf, -math.inf)
-    for epoch in range(1, cfg["epochs"] + 1):
+    state: dict[str, Any] = {
+        "rows": [], "best_state": None, "best_epoch": 0, "best_score": (-math.inf, -math.inf),
+        "epoch": 0, "fingerprint": _fingerprint(cfg, n_train, seed),
+    }  # fmt: skip
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved.get("fingerprint") == state["fingerprint"]:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            rng.bit_generator.state = saved["rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+    patience = cfg.get("patience", 0)
+    for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
         start, losses = time.perf_counter(), []
         model.train()
         for batch in _batches(n_train, cfg["batch_size"], rng):
@@ -174,23 +208,51 @@ def _fit(
         val_loss, val_metric = validate()
         # Higher metric wins; on a tie (small validation sets saturate) the lower loss does.
         score = (val_metric if not math.isnan(val_metric) else -math.inf, -val_loss)
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        rows.append(
+        if score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = score, epoch
+            state["best_state"] = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            )
+        state["rows"].append(
             {
                 "epoch": epoch,
                 "train_loss": sum(losses) / n_train,
                 "val_loss": val_loss,
                 "val_metric": val_metric,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": optimizer.param_groups[-1]["lr"],
                 "seconds": time.perf_counter() - start,
             }
         )
-    assert best_state is not None
-    history = pd.DataFrame(rows)
-    best_metric = float(history.loc[best_epoch - 1, "val_metric"])
-    return TrainResult(best_state, history, best_epoch, best_metric, device.type)
+        state["epoch"] = epoch
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, rng, state)
+        if patience and epoch - state["best_epoch"] >= patience:
+            break
+    assert state["best_state"] is not None
+    history = pd.DataFrame(state["rows"])
+    best_epoch = state["best_epoch"]
+    best_metric = float(history.loc[history["epoch"] == best_epoch, "val_metric"].iloc[0])
+    return TrainResult(state["best_state"], history, best_epoch, best_metric, device.type)
+
+
+def _save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: np.random.Generator,
+    state: dict[str, Any],
+) -> None:
+    payload = {
+        "fingerprint": state["fingerprint"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "state": state,
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def train_classifier(
@@ -201,6 +263,7 @@ def train_classifier(
     num_classes: int,
     train_params: dict[str, Any],
     seed: int,
+    checkpoint: Path | None = None,
 ) -> tuple[TrainResult, str]:
     """Fine-tune from pretrained weights; returns the result and the weights' origin."""
     seed_everything(seed)
@@ -226,7 +289,8 @@ def train_classifier(
         probs, loss = _predict(model, x_val, device, torch.from_numpy(y_val).long(), criterion)
         return loss, _auc(y_val, probs)
 
-    return _fit(model, step, validate, len(train_idx), cfg, device, seed), origin
+    result = _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint)
+    return result, origin
 
 
 @torch.no_grad()
@@ -255,6 +319,7 @@ def train_segmenter(
     val_idx: np.ndarray,
     train_params: dict[str, Any],
     seed: int,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """MONAI U-Net with Dice + cross-entropy; validation metric is mean Dice."""
     seed_everything(seed)
@@ -279,7 +344,7 @@ def train_segmenter(
         loss = DiceCELoss(sigmoid=True)(logits, truth).item()
         return loss, mean_dice(logits > 0, truth > 0.5)
 
-    return _fit(model, step, validate, len(train_idx), cfg, device, seed)
+    return _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint)
 
 
 def mean_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -292,14 +357,33 @@ def mean_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Class probabilities for uint8 (N, H, W) arrays, on the CPU."""
+def predict_logits(
+    model: torch.nn.Module, images: np.ndarray, batch: int = 64, tta: bool = False
+) -> np.ndarray:
+    """Logits for uint8 (N, H, W) arrays on the CPU; tta averages with the mirrored image."""
     model.eval()
-    outs = [
-        torch.softmax(model(normalise_batch(torch.from_numpy(images[i : i + batch]))), dim=1)
-        for i in range(0, len(images), batch)
-    ]
+    outs = []
+    for i in range(0, len(images), batch):
+        x = normalise_batch(torch.from_numpy(images[i : i + batch]))
+        logits = model(x)
+        if tta:
+            logits = (logits + model(torch.flip(x, dims=[-1]))) / 2
+        outs.append(logits.float())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0))
+
+
+def predict_probs(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    batch: int = 64,
+    temperature: float = 1.0,
+    tta: bool = False,
+) -> np.ndarray:
+    """Class probabilities (temperature-scaled softmax) for uint8 (N, H, W) arrays."""
+    from radflow.calibration import softmax
+
+    logits = predict_logits(model, images, batch, tta)
+    return softmax(logits, temperature) if len(logits) else logits
 
 
 @torch.no_grad()
@@ -311,3 +395,30 @@ def predict_masks(model: torch.nn.Module, images: np.ndarray, batch: int = 32) -
         for i in range(0, len(images), batch)
     ]
     return torch.cat(outs).numpy() if outs else np.zeros((0,) + images.shape[1:], dtype=bool)
+
+
+def decide(logits: np.ndarray, labels: np.ndarray, decision: dict[str, Any]) -> dict[str, Any]:
+    """Temperature and (binary) operating threshold fitted on validation logits."""
+    from radflow import calibration
+
+    temperature = (
+        calibration.fit_temperature(logits, labels)
+        if decision.get("temperature_scaling", True)
+        else 1.0
+    )
+    probs = calibration.softmax(logits, temperature)
+    out: dict[str, Any] = {
+        "temperature": temperature,
+        "val_ece_uncalibrated": calibration.expected_calibration_error(
+            calibration.softmax(logits), labels
+        ),
+        "val_ece": calibration.expected_calibration_error(probs, labels),
+        "tta": bool(decision.get("tta", False)),
+    }
+    if logits.shape[1] == 2:
+        policy = decision.get("threshold", "youden")
+        out["threshold_policy"] = policy
+        out["threshold"] = calibration.choose_threshold(
+            probs[:, 1], labels == 1, policy, decision.get("target_sensitivity", 0.9)
+        )
+    return out

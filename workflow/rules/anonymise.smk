@@ -5,7 +5,7 @@
 rule anonymise:
     input:
         manifest="data/interim/manifest.csv",
-        raw=RAW_DIR,
+        root=ROOT,
     output:
         files=directory("data/anonymised/files"),
         manifest="data/anonymised/manifest.csv",

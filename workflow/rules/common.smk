@@ -13,6 +13,7 @@ from snakemake.logging import logger
 MODALITIES = list(config["modalities"])
 MODALITY_PATTERN = "|".join(re.escape(m) for m in MODALITIES)
 DEMO = config["data"]["source"] == "demo"
+ROOT = os.path.normpath(config["data"]["root"])
 RAW_DIR = os.path.normpath(config["data"]["raw_dir"])
 LABELS_CSV = config["data"].get("labels_csv")
 # The demo cohort's tree (docs/CONTRACTS.md: `radflow demo ... --out data/raw/demo`) and the
@@ -24,23 +25,50 @@ DEMO_LABELS = f"{DEMO_DIR}/labels.csv"
 TRAIN_THREADS = config["train"].get("num_threads") or os.cpu_count() or 1
 
 
-def check_params_yaml_is_the_config():
-    """Fail unless the Snakemake config is params.yaml as it is on disk, and coherent.
+def profile_overlay():
+    """The profile given as `--configfile profiles/<name>.yaml`, or None.
 
-    Every `radflow` command reads params.yaml itself (`--params params.yaml`), so a value given
-    with --config or another --configfile would change the DAG but not what the stages do.
+    Every `radflow` command reads params.yaml itself (`--params params.yaml`) plus the overlay
+    named by $RADFLOW_PROFILE, which is set here, so the stages see exactly this config. A
+    value given with --config, or any other extra configfile, would change the DAG but not
+    what the stages do, so both are refused.
     """
-    if workflow.config_settings.overwrite_config:
+    if workflow.config_settings.config:
         raise WorkflowError(
-            "radflow reads its parameters from params.yaml only: "
-            "edit params.yaml instead of passing --config"
+            "radflow reads its parameters from params.yaml (and a profile) only: edit "
+            "params.yaml or write a profile under profiles/ instead of passing --config"
         )
-    for path in workflow.overwrite_configfiles or ():
-        if os.path.abspath(path) != os.path.abspath("params.yaml"):
+    extra = [
+        p for p in workflow.overwrite_configfiles or ()
+        if os.path.abspath(p) != os.path.abspath("params.yaml")
+    ]
+    profiles = os.path.abspath("profiles")
+    if len(extra) > 1 or any(os.path.dirname(os.path.abspath(p)) != profiles for p in extra):
+        raise WorkflowError(
+            f"radflow takes at most one extra configfile, a profile under profiles/; got {extra}"
+        )
+    return extra[0] if extra else None
+
+
+# Set (not read) for the `radflow` commands this run starts; radflow.params reads it.
+PROFILE_ENV = "RADFLOW_PROFILE"
+PROFILE = profile_overlay()
+if PROFILE:
+    os.environ[PROFILE_ENV] = os.path.abspath(PROFILE)
+else:
+    os.environ.pop(PROFILE_ENV, None)
+
+
+def check_params_yaml_is_the_config():
+    """Fail unless the demo and folder settings are coherent."""
+    for key, path in (("raw_dir", RAW_DIR), ("labels_csv", LABELS_CSV)):
+        if path and os.path.relpath(os.path.normpath(path), ROOT).startswith(".."):
             raise WorkflowError(
-                f"radflow reads its parameters from params.yaml only, not from {path}: copy "
-                "the values into params.yaml (or run from a directory holding your params.yaml)"
+                f"data.{key} ({path}) must lie inside data.root ({ROOT}), the folder the "
+                "pipeline tracks for changes"
             )
+    if DEMO and ROOT != DEMO_DIR:
+        raise WorkflowError(f"data.source is demo, so data.root must be {DEMO_DIR}")
     if DEMO and RAW_DIR != DEMO_DIR:
         raise WorkflowError(
             f"data.source is demo, so data.raw_dir must be {DEMO_DIR} (where `radflow demo` "
@@ -51,7 +79,7 @@ def check_params_yaml_is_the_config():
             f"data.source is demo, so data.labels_csv must be {DEMO_LABELS} (the labels "
             f"`radflow demo` writes), not {LABELS_CSV}"
         )
-    if not DEMO and (RAW_DIR == DEMO_DIR or RAW_DIR.startswith(f"{DEMO_DIR}/")):
+    if not DEMO and (ROOT == DEMO_DIR or ROOT.startswith(f"{DEMO_DIR}/")):
         raise WorkflowError(
             f"data.source is folder, but {DEMO_DIR} is reserved for the demo cohort "
             "(dvc.yaml's demo stage regenerates it): put your data in another folder"
@@ -84,17 +112,14 @@ def parent_dir(io, name):
 
 
 def ingest_inputs(wildcards):
-    """The raw folder and, when params.yaml names one, the labels CSV.
+    """The dataset folder (data.root), which holds the images and the labels CSV.
 
-    data.raw_dir is a directory input: Snakemake sees the folder's own modification time,
-    which does not change when a file deep inside it is edited (a known Snakemake limitation
-    for directory inputs). After changing raw data in place, run
-    `snakemake --cores all --forcerun ingest`; DVC hashes the folder and notices by itself.
+    A directory input: Snakemake sees the folder's own modification time, which does not
+    change when a file deep inside it is edited (a known Snakemake limitation for directory
+    inputs). After changing raw data in place, run `snakemake --cores all --forcerun ingest`;
+    DVC hashes the folder and notices by itself.
     """
-    inputs = {"raw": RAW_DIR}
-    if LABELS_CSV:
-        inputs["labels"] = os.path.normpath(LABELS_CSV)
-    return inputs
+    return {"root": ROOT}
 
 
 def processed(modality="{modality}"):
@@ -125,6 +150,13 @@ def dvc_commit():
     up to date, while outputs outside the DAG (downstream of a partial target) may be stale.
     """
     if not os.path.isdir(".dvc"):
+        return
+    if PROFILE:
+        logger.warning(
+            f"radflow: not committing to DVC: this run used the profile {PROFILE}, which "
+            "params.yaml does not hold; for a DVC-tracked run use "
+            f"`radflow profile {PROFILE} --run` (dvc exp run with the same values)"
+        )
         return
     if shutil.which("dvc") is None:
         logger.warning("radflow: .dvc exists but `dvc` is not on PATH; run `dvc commit` yourself")

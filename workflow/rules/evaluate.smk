@@ -1,4 +1,5 @@
-# evaluate: test-set metrics with bootstrap confidence intervals, ROC and confusion tables.
+# evaluate: test-set metrics with bootstrap confidence intervals, operating point, calibration,
+# subgroups; ROC, precision-recall and confusion tables.
 
 
 rule evaluate:
@@ -11,6 +12,7 @@ rule evaluate:
         metrics="reports/evaluation/{modality}/metrics.json",
         predictions="reports/evaluation/{modality}/predictions.csv",
         roc="reports/evaluation/{modality}/roc.csv",
+        pr="reports/evaluation/{modality}/pr.csv",
         confusion="reports/evaluation/{modality}/confusion.csv",
         segmentation="reports/evaluation/{modality}/segmentation.csv",
     params:

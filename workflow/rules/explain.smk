@@ -1,4 +1,5 @@
-# explain: Grad-CAM / saliency / LIME / SHAP overlays for test images, with faithfulness scores.
+# explain: Grad-CAM, Grad-CAM++, saliency, integrated gradients, LIME, SHAP overlays for test
+# images, with deletion/insertion (vs random), pointing-game and energy faithfulness scores.
 
 
 rule explain:
@@ -9,7 +10,7 @@ rule explain:
     output:
         explanations=report(
             directory("reports/explanations/{modality}"),
-            patterns=["{name}.png"],
+            patterns=["{name,[^/]+}.png"],
             caption="../report/explanations.rst",
             category="Explanations",
             labels={"modality": "{modality}", "figure": "{name}"},

@@ -6,6 +6,7 @@ rule report:
         metrics="reports/evaluation/{modality}/metrics.json",
         predictions="reports/evaluation/{modality}/predictions.csv",
         roc="reports/evaluation/{modality}/roc.csv",
+        pr="reports/evaluation/{modality}/pr.csv",
         confusion="reports/evaluation/{modality}/confusion.csv",
         segmentation="reports/evaluation/{modality}/segmentation.csv",
         explanations="reports/explanations/{modality}",

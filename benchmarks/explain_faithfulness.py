@@ -1,0 +1,184 @@
+"""Benchmark: how faithful and how well localised is each explanation method?
+
+For every method of radflow.explain it prints one row: pointing-game hit rate and mean energy
+inside the lesion (masks of the demo cohort, or tumour boxes of the Cheng MRI set), and
+deletion / insertion AUC with the random-order baseline and the difference.
+
+    # a finished demo run (masks from data/processed/<m>/masks.npy, test split):
+    .venv/bin/python benchmarks/explain_faithfulness.py --dataset demo --run /tmp/bench1 \\
+        --modality mri
+    # a classifier trained on the Cheng set (classes glioma, meningioma, pituitary):
+    .venv/bin/python benchmarks/explain_faithfulness.py --dataset cheng \\
+        --model DIR --data ../shared/datasets/mri-brain-tumour --limit 100
+
+Localisation explains the lesion class: for the demo the positive (last) class on images
+with a non-empty mask; for Cheng the true tumour type (every image has a tumour box). The
+faithfulness curves explain the same class. Boxes are (centre x, centre y, w, h) in pixels
+of the original image, mapped through radflow's preprocessing (centred pad to a square,
+then resize).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from radflow import explain, imaging, models, preprocess  # noqa: E402
+
+
+def demo_cases(run: Path, modality: str, limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images uint8, lesion masks, labels) of test images with a non-empty lesion mask."""
+    processed = run / "data" / "processed" / modality
+    images, masks = np.load(processed / "images.npy"), np.load(processed / "masks.npy")
+    split = pd.read_csv(run / "data" / "split" / f"{modality}.csv")
+    idx = split.loc[split["split"] == "test", "array_index"].to_numpy()
+    idx = np.array([i for i in idx if masks[i].any()])[:limit]
+    labels = split.set_index("array_index").loc[idx, "label"].astype(str).tolist()
+    return images[idx], masks[idx] > 0, labels
+
+
+def cheng_cases(
+    data: Path, size: int, pp: dict, limit: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images uint8, box masks, labels) for a seeded sample of the Cheng set."""
+    table = pd.read_csv(data / "labels.csv")
+    table = table.sample(n=min(limit, len(table)), random_state=seed).reset_index(drop=True)
+    images, lesions = [], []
+    for row in table.itertuples(index=False):
+        pixels = imaging.load_pixels(data / "images" / row.file)
+        h, w = pixels.shape
+        side = max(h, w)
+        images.append(preprocess.prepare_image(pixels, "mri", pp))
+        scale = size / side
+        box = np.array(
+            [
+                (row.box_x + (side - w) / 2) * scale,
+                (row.box_y + (side - h) / 2) * scale,
+                row.box_w * scale,
+                row.box_h * scale,
+            ]
+        )
+        lesions.append(explain.boxes_to_mask((size, size), box[None]))
+    return np.stack(images), np.stack(lesions), table["label_name"].astype(str).tolist()
+
+
+def evaluate(
+    model: torch.nn.Module,
+    classes: list[str],
+    images: np.ndarray,
+    lesions: np.ndarray,
+    targets: list[int],
+    methods: list[str],
+    seed: int,
+    steps: int,
+    tolerance: float,
+) -> pd.DataFrame:
+    x = models.normalise_batch(torch.from_numpy(images))
+    baselines = [
+        explain.random_baseline(model, x[j], targets[j], seed + j, 3, steps) for j in range(len(x))
+    ]
+    rows = []
+    for method in methods:
+        start = time.perf_counter()
+        maps = np.concatenate(
+            [
+                explain.explain(model, x[i : i + 16], targets[i : i + 16], method, seed)
+                for i in range(0, len(x), 16)
+            ]
+        )
+        seconds = time.perf_counter() - start
+        hits = [explain.pointing_game(maps[j], lesions[j], tolerance) for j in range(len(x))]
+        energy = [explain.energy_in_lesion(maps[j], lesions[j]) for j in range(len(x))]
+        deletion = [
+            explain.deletion_auc(model, x[j], targets[j], maps[j], steps) for j in range(len(x))
+        ]
+        insertion = [
+            explain.insertion_auc(model, x[j], targets[j], maps[j], steps) for j in range(len(x))
+        ]
+        rnd_del = float(np.mean([b["deletion_auc"] for b in baselines]))
+        rnd_ins = float(np.mean([b["insertion_auc"] for b in baselines]))
+        defined = [h for h in hits if h is not None]
+        rows.append(
+            {
+                "method": method,
+                "n": len(x),
+                "pointing": float(np.mean(defined)) if defined else float("nan"),
+                "energy": float(np.mean([e for e in energy if e is not None] or [np.nan])),
+                "area": float(lesions.mean()),
+                "deletion": float(np.mean(deletion)),
+                "del_random": rnd_del,
+                "del_gain": rnd_del - float(np.mean(deletion)),
+                "insertion": float(np.mean(insertion)),
+                "ins_random": rnd_ins,
+                "ins_gain": float(np.mean(insertion)) - rnd_ins,
+                "s_per_image": seconds / len(x),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("pointing", ascending=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=["demo", "cheng"], required=True)
+    parser.add_argument("--run", type=Path, help="demo: a finished pipeline run folder")
+    parser.add_argument("--modality", default="mri", help="demo: the modality")
+    parser.add_argument("--model", type=Path, help="classifier dir (demo default: the run's)")
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/mri-brain-tumour"))
+    parser.add_argument("--limit", type=int, default=60, help="most images to explain")
+    parser.add_argument("--methods", default=",".join(explain.EXPLAINERS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--tolerance", type=float, default=0.03)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.dataset == "demo":
+        if not args.run:
+            parser.error("--dataset demo needs --run")
+        args.model = args.model or args.run / "models" / args.modality / "classifier"
+        model, meta = models.load_model(args.model)
+        images, lesions, _ = demo_cases(args.run, args.modality, args.limit)
+        targets = [len(meta["classes"]) - 1] * len(images)  # the lesion (positive) class
+    else:
+        if not args.model:
+            parser.error("--dataset cheng needs --model")
+        model, meta = models.load_model(args.model)
+        images, lesions, labels = cheng_cases(
+            args.data, meta["image_size"], meta["preprocess"], args.limit, args.seed
+        )
+        missing = sorted(set(labels) - set(meta["classes"]))
+        if missing:
+            parser.error(f"model classes {meta['classes']} lack {missing}")
+        targets = [meta["classes"].index(lab) for lab in labels]
+    if not len(images):
+        print("no images with a lesion to explain", file=sys.stderr)
+        return 1
+    table = evaluate(
+        model,
+        meta["classes"],
+        images,
+        lesions,
+        targets,
+        args.methods.split(","),
+        args.seed,
+        args.steps,
+        args.tolerance,
+    )
+    print(
+        f"dataset {args.dataset}, {len(images)} lesion images, model {args.model}"
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
