@@ -385,130 +385,34 @@ def _evaluate_segmenter(
 
 
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    import torch
-
     from radflow import explain, models
 
     images, masks, index = _load_processed(Path(args.data))
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
-    classes, cfg, seed = meta["classes"], params["explain"], params["seed"]
+    cfg, seed = params["explain"], params["seed"]
     has_mask = dict(zip(index["array_index"], index["has_mask"], strict=True))
-    sample = explain.choose_cases(predictions, cfg["samples"], seed)
-    idx = sample["array_index"].astype(int).to_numpy()
-    x = models.normalise_batch(torch.from_numpy(images[idx]))
-    targets = [classes.index(p) for p in sample["pred_label"]]
-    steps, tolerance = cfg["faithfulness_steps"], cfg["pointing_tolerance"]
-    baselines = [
-        explain.random_baseline(model, x[j], targets[j], seed + j, cfg["random_orders"], steps)
-        for j in range(len(idx))
-    ]
-
-    def lesion(j: int, row: Any) -> np.ndarray | None:
-        """The lesion mask where localisation is meaningful: a lesion case explained as its
-        own (true) class."""
-        if not has_mask.get(int(idx[j])) or row.pred_label != row.label:
-            return None
-        mask = masks[idx[j]] > 0
-        return mask if mask.any() else None
+    result = explain.explain_cases(
+        model, images, masks, has_mask, predictions, meta["classes"], cfg, seed
+    )
+    cases, thumbnails = explain.case_browser(
+        model, images, predictions, meta["classes"], cfg["case_browser_max"]
+    )
 
     def build(tmp: Path) -> None:
-        records = []
-        for method in cfg["methods"]:
-            maps = explain.explain(model, x, targets, method, seed, num_samples=cfg["num_samples"])
-            for j, row in enumerate(sample.itertuples(index=False)):
-                prob = float(getattr(row, f"prob_{row.pred_label}"))
-                mask = lesion(j, row)
-                record = {
-                    "image_id": row.image_id,
-                    "method": method,
-                    "label": row.label,
-                    "pred_label": row.pred_label,
-                    "prob": prob,
-                    "deletion_auc": explain.deletion_auc(model, x[j], targets[j], maps[j], steps),
-                    "insertion_auc": explain.insertion_auc(model, x[j], targets[j], maps[j], steps),
-                    "random_deletion_auc": baselines[j]["deletion_auc"],
-                    "random_insertion_auc": baselines[j]["insertion_auc"],
-                    "pointing_hit": None
-                    if mask is None
-                    else explain.pointing_game(maps[j], mask, tolerance),
-                    "energy_in_lesion": None
-                    if mask is None
-                    else explain.energy_in_lesion(maps[j], mask),
-                }
-                title = (
-                    f"{method}: truth {row.label}, predicted {row.pred_label} ({prob:.2f})\n"
-                    f"deletion {record['deletion_auc']:.3f}, insertion "
-                    f"{record['insertion_auc']:.3f}"
-                )
-                name = explain.overlay_filename(row.image_id, method)
-                png = explain.overlay_png(images[idx[j]] / 255.0, maps[j], title, mask)
-                atomic_write(tmp / name, lambda p, data=png: p.write_bytes(data))
-                records.append({**record, "file": name})
-        write_json(tmp / "explanations.json", records)
-        summary = explain.summarise(records)
-        write_json(
-            tmp / "faithfulness.json",
-            {
-                "methods": summary,
-                "steps": steps,
-                "random_orders": cfg["random_orders"],
-                "pointing_tolerance": tolerance,
-                "n_cases": int(len(idx)),
-            },
-        )
-        write_json(tmp / "cases.json", _case_browser(tmp, model, images, predictions, classes, cfg))
-        log.info(
-            "explain %s: %d overlays; ranking %s",
-            args.modality,
-            len(records),
-            ", ".join(f"{r['rank']}. {r['method']}" for r in summary),
-        )
+        for name, png in {**result.overlays, **thumbnails}.items():
+            atomic_write(tmp / name, lambda p, data=png: p.write_bytes(data))
+        write_json(tmp / "explanations.json", result.records)
+        write_json(tmp / "faithfulness.json", result.faithfulness)
+        write_json(tmp / "cases.json", cases)
 
     _replace_dir(Path(args.out), build)
-
-
-def _case_browser(
-    out: Path,
-    model: Any,
-    images: np.ndarray,
-    predictions: pd.DataFrame,
-    classes: list[str],
-    cfg: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Thumbnails (image | Grad-CAM of the predicted class) of up to case_browser_max test
-    cases, the misclassified first, written to cases/; returns the cases.json rows."""
-    import torch
-
-    from radflow import explain, models
-
-    table = predictions.copy()
-    table["correct"] = table["label"] == table["pred_label"]
-    table["confidence"] = [float(r[f"prob_{r['pred_label']}"]) for _, r in table.iterrows()]
-    table = table.sort_values(["correct", "image_id"], kind="stable").head(cfg["case_browser_max"])
-    idx = table["array_index"].astype(int).to_numpy()
-    rows: list[dict[str, Any]] = []
-    if not len(idx):
-        return rows
-    x = models.normalise_batch(torch.from_numpy(images[idx]))
-    targets = [classes.index(p) for p in table["pred_label"]]
-    maps = explain.explain(model, x, targets, "gradcam", 0)
-    (out / "cases").mkdir()
-    for j, row in enumerate(table.itertuples(index=False)):
-        name = "cases/" + explain.overlay_filename(row.image_id, "case")
-        png = explain.case_thumbnail(images[idx[j]] / 255.0, maps[j])
-        (out / name).write_bytes(png)
-        rows.append(
-            {
-                "image_id": row.image_id,
-                "label": row.label,
-                "pred_label": row.pred_label,
-                "confidence": float(row.confidence),
-                "correct": bool(row.correct),
-                "file": name,
-            }
-        )
-    return rows
+    log.info(
+        "explain %s: %d overlays; ranking %s",
+        args.modality,
+        len(result.records),
+        ", ".join(f"{r['rank']}. {r['method']}" for r in result.faithfulness["methods"]),
+    )
 
 
 def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ import hashlib
 import io
 import re
 from collections.abc import Callable, Iterator
-from typing import TypedDict
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -605,3 +606,118 @@ def case_thumbnail(image01: np.ndarray, heatmap01: np.ndarray | None, size: int 
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+@dataclass
+class ExplainedCases:
+    records: list[dict[str, Any]]  # explanations.json rows (ExplanationRecord + scores)
+    overlays: dict[str, bytes]  # file name -> overlay PNG
+    faithfulness: dict[str, Any]  # faithfulness.json: per-method summary and settings
+
+
+def explain_cases(
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    has_mask: dict[int, int],
+    predictions: pd.DataFrame,
+    classes: list[str],
+    cfg: dict[str, Any],
+    seed: int,
+) -> ExplainedCases:
+    """Every configured method on a seeded sample of test cases, each map with its scores.
+
+    images/masks are the uint8 processed arrays; has_mask maps array index -> 0/1.
+    Localisation (pointing game, energy) is scored only for lesion cases explained as their
+    own (true) class, where "inside the lesion" is the right answer.
+    """
+    from radflow.models import normalise_batch
+
+    sample = choose_cases(predictions, cfg["samples"], seed)
+    idx = sample["array_index"].astype(int).to_numpy()
+    x = normalise_batch(torch.from_numpy(images[idx]))
+    targets = [classes.index(p) for p in sample["pred_label"]]
+    steps, tolerance = cfg["faithfulness_steps"], cfg["pointing_tolerance"]
+    baselines = [
+        random_baseline(model, x[j], targets[j], seed + j, cfg["random_orders"], steps)
+        for j in range(len(idx))
+    ]
+
+    def lesion(j: int, row: Any) -> np.ndarray | None:
+        if not has_mask.get(int(idx[j])) or row.pred_label != row.label:
+            return None
+        mask = masks[idx[j]] > 0
+        return mask if mask.any() else None
+
+    records: list[dict[str, Any]] = []
+    overlays: dict[str, bytes] = {}
+    for method in cfg["methods"]:
+        maps = explain(model, x, targets, method, seed, num_samples=cfg["num_samples"])
+        for j, row in enumerate(sample.itertuples(index=False)):
+            prob = float(getattr(row, f"prob_{row.pred_label}"))
+            mask = lesion(j, row)
+            record = {
+                "image_id": row.image_id,
+                "method": method,
+                "label": row.label,
+                "pred_label": row.pred_label,
+                "prob": prob,
+                "deletion_auc": deletion_auc(model, x[j], targets[j], maps[j], steps),
+                "insertion_auc": insertion_auc(model, x[j], targets[j], maps[j], steps),
+                "random_deletion_auc": baselines[j]["deletion_auc"],
+                "random_insertion_auc": baselines[j]["insertion_auc"],
+                "pointing_hit": None if mask is None else pointing_game(maps[j], mask, tolerance),
+                "energy_in_lesion": None if mask is None else energy_in_lesion(maps[j], mask),
+            }
+            title = (
+                f"{method}: truth {row.label}, predicted {row.pred_label} ({prob:.2f})\n"
+                f"deletion {record['deletion_auc']:.3f}, insertion {record['insertion_auc']:.3f}"
+            )
+            name = overlay_filename(row.image_id, method)
+            overlays[name] = overlay_png(images[idx[j]] / 255.0, maps[j], title, mask)
+            records.append({**record, "file": name})
+    faithfulness = {
+        "methods": summarise(records),
+        "steps": steps,
+        "random_orders": cfg["random_orders"],
+        "pointing_tolerance": tolerance,
+        "n_cases": int(len(idx)),
+    }
+    return ExplainedCases(records, overlays, faithfulness)
+
+
+def case_browser(
+    model: nn.Module,
+    images: np.ndarray,
+    predictions: pd.DataFrame,
+    classes: list[str],
+    limit: int,
+) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """Thumbnails (image | Grad-CAM of the predicted class) of up to `limit` test cases, the
+    misclassified first: the cases.json rows and the PNGs by file name (under cases/)."""
+    from radflow.models import normalise_batch
+
+    table = predictions.copy()
+    table["correct"] = table["label"] == table["pred_label"]
+    table["confidence"] = [float(r[f"prob_{r['pred_label']}"]) for _, r in table.iterrows()]
+    table = table.sort_values(["correct", "image_id"], kind="stable").head(limit)
+    idx = table["array_index"].astype(int).to_numpy()
+    if not len(idx):
+        return [], {}
+    x = normalise_batch(torch.from_numpy(images[idx]))
+    maps = explain(model, x, [classes.index(p) for p in table["pred_label"]], "gradcam", 0)
+    rows, pngs = [], {}
+    for j, row in enumerate(table.itertuples(index=False)):
+        name = "cases/" + overlay_filename(row.image_id, "case")
+        pngs[name] = case_thumbnail(images[idx[j]] / 255.0, maps[j])
+        rows.append(
+            {
+                "image_id": row.image_id,
+                "label": row.label,
+                "pred_label": row.pred_label,
+                "confidence": float(row.confidence),
+                "correct": bool(row.correct),
+                "file": name,
+            }
+        )
+    return rows, pngs
