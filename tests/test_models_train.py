@@ -172,3 +172,27 @@ def test_decision_fits_temperature_and_threshold_on_validation():
     out = train.decide(logits, labels, {"threshold": "youden"})
     assert out["temperature"] > 1 and out["val_ece"] < out["val_ece_uncalibrated"]
     assert 0 < out["threshold"] < 1 and out["threshold_policy"] == "youden"
+
+
+def test_a_checkpoint_from_other_data_is_not_resumed(tmp_path, monkeypatch):
+    images, _, labels = _squares()
+    cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 2}}
+    checkpoint = tmp_path / "ckpt.pt"
+    real_save = train._save_checkpoint
+
+    def save_then_die(path, model, optimizer, scheduler, rng, state):
+        real_save(path, model, optimizer, scheduler, rng, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0,
+                               checkpoint)  # fmt: skip
+    old_first = torch.load(checkpoint, weights_only=False)["state"]["rows"][0]["train_loss"]
+    monkeypatch.setattr(train, "_save_checkpoint", real_save)
+    other = images.copy()
+    other[:, :4, :4] = 255
+    result, _ = train.train_classifier(other, labels, np.arange(16), np.arange(16, 24), 2, cfg,
+                                       0, checkpoint)  # fmt: skip
+    assert list(result.history["epoch"]) == [1, 2]
+    assert result.history["train_loss"].iloc[0] != old_first  # epoch 1 was trained anew

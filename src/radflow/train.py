@@ -7,6 +7,7 @@ weights, so later epochs can never overwrite it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import random
 import time
@@ -154,8 +155,12 @@ def _param_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> l
     ]
 
 
-def _fingerprint(cfg: dict[str, Any], n_train: int, seed: int) -> str:
-    return repr((sorted(cfg.items()), n_train, seed))
+def fingerprint(train_params: dict[str, Any], seed: int, *arrays: np.ndarray) -> str:
+    """What a checkpoint must match to be resumed: the settings, the seed and the data."""
+    digest = hashlib.sha256(repr((sorted(train_params.items()), seed)).encode())
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _fit(
@@ -167,6 +172,7 @@ def _fit(
     device: torch.device,
     seed: int,
     checkpoint: Path | None = None,
+    run_key: str = "",
 ) -> TrainResult:
     """The shared epoch loop: warm-up + cosine, AMP on CUDA, best-epoch deep copy, early
     stopping (cfg patience), and a per-epoch checkpoint to resume after an interruption."""
@@ -180,7 +186,7 @@ def _fit(
     rng = np.random.default_rng(seed)
     state: dict[str, Any] = {
         "rows": [], "best_state": None, "best_epoch": 0, "best_score": (-math.inf, -math.inf),
-        "epoch": 0, "fingerprint": _fingerprint(cfg, n_train, seed),
+        "epoch": 0, "fingerprint": run_key,
     }  # fmt: skip
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -289,7 +295,8 @@ def train_classifier(
         probs, loss = _predict(model, x_val, device, torch.from_numpy(y_val).long(), criterion)
         return loss, _auc(y_val, probs)
 
-    result = _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint)
+    key = fingerprint(train_params, seed, images[train_idx], labels[train_idx], val_idx)
+    result = _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint, key)
     return result, origin
 
 
@@ -344,7 +351,8 @@ def train_segmenter(
         loss = DiceCELoss(sigmoid=True)(logits, truth).item()
         return loss, mean_dice(logits > 0, truth > 0.5)
 
-    return _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint)
+    key = fingerprint(train_params, seed, images[train_idx], masks[train_idx], val_idx)
+    return _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint, key)
 
 
 def mean_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
