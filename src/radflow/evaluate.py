@@ -325,16 +325,27 @@ def roc_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.D
     one class present). The first threshold is +inf (no case called positive), as in
     scikit-learn.
     """
+    pairs = _curve_inputs(y_true, probs, classes)
+    if pairs is None:
+        return pd.DataFrame({"fpr": [], "tpr": [], "threshold": []}, dtype=float)
+    fpr, tpr, thresholds = skm.roc_curve(*pairs)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+
+
+def _curve_inputs(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(is positive, score) pairs for ROC and PR curves; None when only one class is present.
+
+    Binary: the positive (last) class. Multi-class: micro-average one-vs-rest.
+    """
     y_true, probs = _validate_classification(y_true, probs, classes)
     if np.unique(y_true).size < 2:
-        return pd.DataFrame({"fpr": [], "tpr": [], "threshold": []}, dtype=float)
+        return None
     if len(classes) == 2:
-        truth, score = y_true == 1, probs[:, 1]
-    else:
-        truth = label_binarize(y_true, classes=list(range(len(classes)))).ravel().astype(bool)
-        score = probs.ravel()
-    fpr, tpr, thresholds = skm.roc_curve(truth, score)
-    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+        return y_true == 1, probs[:, 1]
+    truth = label_binarize(y_true, classes=list(range(len(classes)))).ravel().astype(bool)
+    return truth, probs.ravel()
 
 
 def confusion_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -480,15 +491,10 @@ def pr_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.Da
 
     The last point (recall 0, precision 1) has no threshold in scikit-learn: NaN here.
     """
-    y_true, probs = _validate_classification(y_true, probs, classes)
-    if np.unique(y_true).size < 2:
+    pairs = _curve_inputs(y_true, probs, classes)
+    if pairs is None:
         return pd.DataFrame({"precision": [], "recall": [], "threshold": []}, dtype=float)
-    if len(classes) == 2:
-        truth, score = y_true == 1, probs[:, 1]
-    else:
-        truth = label_binarize(y_true, classes=list(range(len(classes)))).ravel().astype(bool)
-        score = probs.ravel()
-    precision, recall, thresholds = skm.precision_recall_curve(truth, score)
+    precision, recall, thresholds = skm.precision_recall_curve(*pairs)
     return pd.DataFrame(
         {"precision": precision, "recall": recall, "threshold": np.append(thresholds, np.nan)}
     )

@@ -135,13 +135,14 @@ def find_target_layer(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------- methods
 
 
-def _gradcam(
-    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
-) -> np.ndarray:
-    from pytorch_grad_cam import GradCAM
+def _cam(cam_class: str, model: nn.Module, images: torch.Tensor, targets: list[int]) -> np.ndarray:
+    """A pytorch-grad-cam method on find_target_layer(model), hooks always released."""
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cam = GradCAM(model=model, target_layers=[find_target_layer(model)])
+    cam = getattr(pytorch_grad_cam, cam_class)(
+        model=model, target_layers=[find_target_layer(model)]
+    )
     try:  # not `with`: GradCAM.__exit__ swallows IndexError
         maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
     finally:
@@ -149,18 +150,16 @@ def _gradcam(
     return _normalise(np.asarray(maps))
 
 
+def _gradcam(
+    model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
+) -> np.ndarray:
+    return _cam("GradCAM", model, images, targets)
+
+
 def _gradcampp(
     model: nn.Module, images: torch.Tensor, targets: list[int], seed: int, num_samples: int
 ) -> np.ndarray:
-    from pytorch_grad_cam import GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cam = GradCAMPlusPlus(model=model, target_layers=[find_target_layer(model)])
-    try:
-        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
-    finally:
-        cam.activations_and_grads.release()
-    return _normalise(np.asarray(maps))
+    return _cam("GradCAMPlusPlus", model, images, targets)
 
 
 def _integrated_gradients(

@@ -58,6 +58,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from radflow import __version__
+from radflow.explain import ExplanationRecord
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -78,21 +79,9 @@ SEGMENTATION_LABELS = {
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class ExplanationItem(TypedDict):
+class ExplanationItem(ExplanationRecord):
     """A row of explanations.json (see radflow.explain) plus the overlay PNG's bytes."""
 
-    image_id: str
-    method: str
-    file: str
-    label: str
-    pred_label: str
-    prob: float
-    deletion_auc: float
-    insertion_auc: float
-    random_deletion_auc: float
-    random_insertion_auc: float
-    pointing_hit: bool | None
-    energy_in_lesion: float | None
     png: bytes
 
 
