@@ -67,7 +67,7 @@ def folds(index: pd.DataFrame, k: int, seed: int) -> list[pd.DataFrame]:
         is_test = np.zeros(len(index), bool)
         is_test[test] = True
         rest = np.flatnonzero(~is_test)
-        is_val = split._take_fold(labels[rest], groups[rest], 0.15, seed + fold)
+        is_val = split.take_fold(labels[rest], groups[rest], 0.15, seed + fold)
         table = index[["image_id", "array_index", "patient_key", "label"]].copy()
         table["split"] = "train"
         table.loc[is_test, "split"] = "test"

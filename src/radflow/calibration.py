@@ -67,9 +67,3 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
             ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
     return float(ece)
 
-
-def decide_labels(probs: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Class index per row: binary rows call positive at the threshold, others take argmax."""
-    if probs.shape[1] == 2 and threshold is not None:
-        return (probs[:, 1] >= threshold).astype(int)
-    return probs.argmax(axis=1)

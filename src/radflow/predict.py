@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from radflow import imaging
-from radflow.calibration import decide_labels
+from radflow.evaluate import decide
 from radflow.models import load_model
 from radflow.preprocess import prepare_image
 from radflow.train import predict_probs
@@ -51,7 +51,7 @@ def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
     table = pd.DataFrame({"path": [str(p) for p in paths]})
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
-    decided = decide_labels(np.nan_to_num(probs), meta.get("threshold"))
+    decided = decide(np.nan_to_num(probs), meta.get("threshold"))
     table["pred_label"] = [
         classes[d] if e == "" else "" for d, e in zip(decided, errors, strict=True)
     ]

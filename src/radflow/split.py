@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 SPLITS = ("train", "val", "test")
 
 
-def _take_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def take_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of one stratified group fold holding about `fraction` of the rows."""
     n_groups = len(np.unique(groups))
     n_splits = int(min(max(2, round(1 / fraction)), n_groups))
@@ -29,11 +29,11 @@ def _assign_once(
     labels: np.ndarray, groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
     split = np.full(len(labels), "train", dtype=object)
-    is_test = _take_fold(labels, groups, test_fraction, seed)
+    is_test = take_fold(labels, groups, test_fraction, seed)
     split[is_test] = "test"
     rest = ~is_test
     val_share = val_fraction / (1 - test_fraction)
-    is_val = _take_fold(labels[rest], groups[rest], val_share, seed + 1)
+    is_val = take_fold(labels[rest], groups[rest], val_share, seed + 1)
     split[np.flatnonzero(rest)[is_val]] = "val"
     return split
 

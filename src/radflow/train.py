@@ -308,15 +308,10 @@ def _predict(
     targets: torch.Tensor,
     criterion: torch.nn.Module,
 ) -> tuple[np.ndarray, float]:
-    logits = torch.cat(
-        [
-            model(normalise_batch(images[i : i + 64]).to(device)).float().cpu()
-            for i in range(0, len(images), 64)
-        ]
-    )
-    loss = criterion.cpu()(logits, targets).item()
+    logits = predict_logits(model, images.numpy())
+    loss = criterion.cpu()(torch.from_numpy(logits), targets).item()
     criterion.to(device)
-    return torch.softmax(logits, dim=1).numpy(), loss
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy(), loss
 
 
 def train_segmenter(
@@ -368,15 +363,17 @@ def mean_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
 def predict_logits(
     model: torch.nn.Module, images: np.ndarray, batch: int = 64, tta: bool = False
 ) -> np.ndarray:
-    """Logits for uint8 (N, H, W) arrays on the CPU; tta averages with the mirrored image."""
+    """Logits (on the CPU) for uint8 (N, H, W) arrays, computed on the model's device; tta
+    averages with the mirrored image."""
     model.eval()
+    device = next(model.parameters()).device
     outs = []
     for i in range(0, len(images), batch):
-        x = normalise_batch(torch.from_numpy(images[i : i + batch]))
+        x = normalise_batch(torch.from_numpy(images[i : i + batch])).to(device)
         logits = model(x)
         if tta:
             logits = (logits + model(torch.flip(x, dims=[-1]))) / 2
-        outs.append(logits.float())
+        outs.append(logits.float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0))
 
 
