@@ -47,10 +47,13 @@ def demo_cases(run: Path, modality: str, limit: int) -> tuple[np.ndarray, np.nda
 
 
 def cheng_cases(
-    data: Path, size: int, pp: dict, limit: int, seed: int
+    data: Path, size: int, pp: dict, limit: int, seed: int, only: set[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images uint8, box masks, labels) for a seeded sample of the Cheng set."""
+    """(images uint8, box masks, labels) for a seeded sample of the Cheng set (of the files
+    in `only` when given: the images the model never trained on)."""
     table = pd.read_csv(data / "labels.csv")
+    if only is not None:
+        table = table[table["file"].isin(only)]
     table = table.sample(n=min(limit, len(table)), random_state=seed).reset_index(drop=True)
     images, lesions = [], []
     for row in table.itertuples(index=False):
@@ -81,6 +84,7 @@ def evaluate(
     seed: int,
     steps: int,
     tolerance: float,
+    cam_layer: str = "auto",
 ) -> pd.DataFrame:
     x = models.normalise_batch(torch.from_numpy(images))
     baselines = [
@@ -91,7 +95,9 @@ def evaluate(
         start = time.perf_counter()
         maps = np.concatenate(
             [
-                explain.explain(model, x[i : i + 16], targets[i : i + 16], method, seed)
+                explain.explain(
+                    model, x[i : i + 16], targets[i : i + 16], method, seed, cam_layer=cam_layer
+                )
                 for i in range(0, len(x), 16)
             ]
         )
@@ -134,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="classifier dir (demo default: the run's)")
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/mri-brain-tumour"))
     parser.add_argument("--limit", type=int, default=60, help="most images to explain")
+    parser.add_argument(
+        "--only", type=Path, help="cheng: a text file of file names (one per line) to draw from"
+    )
     parser.add_argument("--methods", default=",".join(explain.EXPLAINERS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tolerance", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cam-layer", default="auto", help="Grad-CAM layer (module name)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.dataset == "demo":
@@ -152,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model:
             parser.error("--dataset cheng needs --model")
         model, meta = models.load_model(args.model)
+        only = set(args.only.read_text().split()) if args.only else None
         images, lesions, labels = cheng_cases(
-            args.data, meta["image_size"], meta["preprocess"], args.limit, args.seed
+            args.data, meta["image_size"], meta["preprocess"], args.limit, args.seed, only
         )
         missing = sorted(set(labels) - set(meta["classes"]))
         if missing:
@@ -172,10 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.steps,
         args.tolerance,
+        args.cam_layer,
     )
-    print(
-        f"dataset {args.dataset}, {len(images)} lesion images, model {args.model}"
-    )
+    print(f"dataset {args.dataset}, {len(images)} lesion images, model {args.model}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

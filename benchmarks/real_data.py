@@ -136,7 +136,7 @@ def main() -> None:
                 "--out", "data/split/fold0.csv")  # fmt: skip
         tables = [pd.read_csv(work / "data/split/fold0.csv", keep_default_na=False)]
     images = np.load(work / f"data/processed/{modality}/images.npy")
-    scored = []
+    scored, fold_aucs = [], []
     for fold, table in enumerate(tables):
         split_csv = work / f"data/split/fold{fold}.csv"
         split_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +150,11 @@ def main() -> None:
                                     temperature=meta.get("temperature", 1.0),
                                     tta=meta.get("tta", False))  # fmt: skip
         scored.append((test["label"].to_numpy(), probs, meta.get("threshold"), meta["classes"]))
+        fold_auc = train._auc(np.array([meta["classes"].index(v) for v in test["label"]]), probs)
+        fold_aucs.append(fold_auc)
+        print(f"fold {fold}: best epoch {meta.get('best_epoch')}, val AUC "
+              f"{meta.get('best_val_metric', float('nan')):.3f}, test AUC {fold_auc:.3f} "
+              f"(n={len(test)})", flush=True)  # fmt: skip
     wall = time.perf_counter() - start
     metrics = pooled_metrics(scored, p["seed"])
     c = metrics["classification"]
@@ -165,6 +170,9 @@ def main() -> None:
     print("| metric | value [95% CI] |\n|---|---|")
     for name in ("accuracy", "auc", "sensitivity", "specificity", "balanced_accuracy"):
         print(f"| {name} | {fmt(c[name])} |")
+    if len(fold_aucs) > 1:
+        print(f"\nAUC per fold: {', '.join(f'{a:.3f}' for a in fold_aucs)}; "
+              f"mean {np.nanmean(fold_aucs):.3f} (the table pools all folds' cases)")  # fmt: skip
     if args.keep:
         print(f"\nkept: {work}")
     else:

@@ -129,3 +129,12 @@ def test_predict_scores_a_folder_with_the_trained_model(project):
     assert {"path", "prob_normal", "prob_opacity", "pred_label"} <= set(preds.columns)
     assert (preds["error"] == "").all()
     assert ((preds["prob_normal"] + preds["prob_opacity"]).round(4) == 1).all()
+
+
+def test_snakemake_report_collects_the_captioned_results(project):
+    _run([str(BIN / "snakemake"), "--report", "report.html"], project)
+    html = (project / "report.html").read_text(errors="replace")
+    for category in ("Reports", "Explanations"):
+        assert category in html
+    caption = (ROOT / "workflow/report/modality.rst").read_text().split()[:3]
+    assert " ".join(caption) in html

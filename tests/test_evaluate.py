@@ -277,7 +277,7 @@ def test_lesion_dice_is_none_when_no_image_has_a_lesion():
     summary, table = ev.segmentation_metrics(empty, empty, 50, 0.95, 0)
     assert summary["dice"]["value"] == 1.0
     assert summary["dice_lesion"] == {"value": None, "ci_low": None, "ci_high": None}
-    assert list(table.columns) == ["index", "dice", "iou", "truth_empty"]
+    assert list(table.columns) == ["index", "dice", "iou", "hd95", "truth_empty", "pred_empty"]
     json.dumps(summary, allow_nan=False)
 
 

@@ -163,15 +163,25 @@ def test_invalid_requests_fail_loudly(model, batch):
 # ----------------------------------------------------------------- timm integration
 
 
-def test_gradcam_on_a_timm_efficientnet_uses_conv_head_and_runs():
+def test_gradcam_on_a_timm_efficientnet_uses_the_stage_before_last_and_runs():
     timm = pytest.importorskip("timm")
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2, in_chans=1)
-    assert ex.find_target_layer(net) is net.conv_head
+    assert ex.find_target_layer(net) is net.blocks[-2]
     images = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     maps = ex.explain(net, images, [0, 1], "gradcam", seed=0)
     assert maps.shape == (2, 32, 32)
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     assert _hooks(net) == 0
+
+
+def test_cam_layer_by_name_is_used_and_a_wrong_name_is_an_error(model, batch):
+    images, _ = batch
+    assert ex.find_target_layer(model, "0") is model[0]
+    by_name = ex.explain(model, images, [1, 1], "gradcam", seed=0, cam_layer="0")
+    auto = ex.explain(model, images, [1, 1], "gradcam", seed=0)
+    assert not np.allclose(by_name, auto)
+    with pytest.raises(ValueError, match="cam_layer 'nope'"):
+        ex.explain(model, images, [1, 1], "gradcam", seed=0, cam_layer="nope")
 
 
 # --------------------------------------------------------------------- faithfulness

@@ -66,4 +66,3 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if inside.any():
             ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
     return float(ece)
-

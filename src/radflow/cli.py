@@ -17,7 +17,13 @@ import pandas as pd
 
 from radflow import manifest as manifest_mod
 from radflow import params as params_mod
-from radflow.fileio import atomic_write, atomic_write_text, read_json, write_json
+from radflow.fileio import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger("radflow")
 
@@ -256,11 +262,13 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
                 ),
             )
             return
-        result = train.train_segmenter(
+        from radflow import segmentation
+
+        result, origin = segmentation.train_segmenter(
             images, masks, train_idx, val_idx, params["train"], params["seed"], checkpoint
         )
-        cfg = params["train"]["segmenter"]
-        meta |= {"arch": "monai.UNet", "channels": cfg["channels"], "weights_origin": "none"}
+        meta |= segmentation.settings(params["train"]["segmenter"])
+        meta |= {"weights_origin": origin}
     meta |= {
         "trained": True,
         "device": result.device,
@@ -301,7 +309,7 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
     predictions = evaluate.predictions_table(test, probs, classes, threshold)
     out = Path(args.out)
     seg_dir = Path(args.models) / "segmenter"
-    seg_summary, seg_table = _evaluate_segmenter(
+    seg_summary, seg_table, seg_overlays = _evaluate_segmenter(
         seg_dir, images, masks, index, test, ev, params["seed"]
     )
     seg_meta = read_json(seg_dir / "meta.json")
@@ -344,6 +352,13 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
     y_pred = evaluate.decide(probs, threshold)
     _write_csv(out / "confusion.csv", evaluate.confusion_table(y_true, y_pred, classes))
     _write_csv(out / "segmentation.csv", seg_table)
+    _replace_dir(
+        out / "overlays",
+        lambda tmp: [
+            atomic_write(tmp / Path(n).name, lambda p, data=png: p.write_bytes(data))
+            for n, png in seg_overlays.items()
+        ],
+    )
     write_json(out / "metrics.json", metrics)
     auc = result["classification"]["auc"]["value"]
     log.info(
@@ -363,25 +378,44 @@ def _evaluate_segmenter(
     test: pd.DataFrame,
     ev: dict[str, Any],
     seed: int,
-) -> tuple[dict[str, Any] | None, pd.DataFrame]:
-    from radflow import evaluate, models, train
+) -> tuple[dict[str, Any] | None, pd.DataFrame, dict[str, bytes]]:
+    """Test-set segmentation metrics (per slice and per patient), the per-image table and
+    overlay PNGs of the best, median and worst lesion cases."""
+    from radflow import evaluate, models, segmentation, train
 
-    empty = pd.DataFrame(columns=["image_id", "dice", "iou", "truth_empty"])
+    empty = pd.DataFrame(
+        columns=["image_id", "patient_key", "dice", "iou", "hd95", "truth_empty", "pred_empty"]
+    )
     if not read_json(seg_dir / "meta.json").get("trained", False):
-        return None, empty
+        return None, empty, {}
     rows = test[test["array_index"].isin(train.with_masks(test["array_index"], index))]
     rows = rows.reset_index(drop=True)
     if rows.empty:
-        return None, empty
-    model, _ = models.load_model(seg_dir)
+        return None, empty, {}
+    model, meta = models.load_model(seg_dir)
     idx = rows["array_index"].to_numpy()
-    pred = train.predict_masks(model, images[idx])
+    pred, _ = segmentation.predict_masks(model, images[idx], meta)
+    truth = masks[idx] > 0
     summary, table = evaluate.segmentation_metrics(
-        pred, masks[idx] > 0, ev["bootstrap_samples"], ev["ci_level"], seed
-    )
+        pred, truth, ev["bootstrap_samples"], ev["ci_level"], seed,
+        patients=rows["patient_key"].to_numpy(),
+    )  # fmt: skip
     table = table.drop(columns="index")
+    table.insert(0, "patient_key", rows["patient_key"].to_numpy())
     table.insert(0, "image_id", rows["image_id"].to_numpy())
-    return summary, table
+    overlays, cases = {}, []
+    dice, iou = table["dice"].to_numpy(), table["iou"].to_numpy()
+    for case in segmentation.pick_cases(dice, iou, ~table["truth_empty"].to_numpy()):
+        name = f"overlays/{case.rank}.png"
+        i = case.position
+        overlays[name] = segmentation.overlay_png(images[idx[i]], truth[i], pred[i])
+        cases.append(
+            {"rank": case.rank, "image_id": str(rows["image_id"][i]), "dice": case.dice,
+             "iou": case.iou, "hd95": evaluate._finite_or_none(table["hd95"][i]), "file": name}
+        )  # fmt: skip
+    summary["cases"] = cases
+    summary["settings"] = {k: meta.get(k) for k in ("arch", "inference", "postprocess")}
+    return summary, table, overlays
 
 
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -391,10 +425,8 @@ def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
     cfg, seed = params["explain"], params["seed"]
-    has_mask = dict(zip(index["array_index"], index["has_mask"], strict=True))
-    result = explain.explain_cases(
-        model, images, masks, has_mask, predictions, meta["classes"], cfg, seed
-    )
+    lesions = explain.lesions_from_index(masks, index)
+    result = explain.explain_cases(model, images, lesions, predictions, meta["classes"], cfg, seed)
     cases, thumbnails = explain.case_browser(
         model, images, predictions, meta["classes"], cfg["case_browser_max"]
     )
@@ -467,9 +499,15 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
     }
     meta = read_json(models_dir / "classifier" / "meta.json")
     pr_path = evaluation / "pr.csv"
+    metrics = read_json(evaluation / "metrics.json")
+    overlays = {
+        str(case["file"]): (evaluation / case["file"]).read_bytes()
+        for case in (metrics.get("segmentation") or {}).get("cases") or []
+        if (evaluation / case["file"]).is_file()
+    }
     return {
         "modality": args.modality,
-        "metrics": read_json(evaluation / "metrics.json"),
+        "metrics": metrics,
         "roc": pd.read_csv(evaluation / "roc.csv"),
         "pr": pd.read_csv(pr_path) if pr_path.exists() else None,
         "predictions": _read_csv(evaluation / "predictions.csv"),
@@ -479,6 +517,7 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
         "cases": cases,
         "meta": meta,
         "segmenter_meta": read_json(models_dir / "segmenter" / "meta.json"),
+        "segmentation_overlays": overlays,
         "params": params,
         "git_revision": provenance.git_revision(),
     }
@@ -487,9 +526,63 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
 def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
     from radflow import predict
 
+    meta_path = Path(args.model) / "meta.json"
+    if meta_path.exists() and read_json(meta_path).get("task") == "segmenter":
+        _predict_masks(Path(args.model), Path(args.images), Path(args.out))
+        return
     table = predict.predict_folder(Path(args.model), Path(args.images))
     _write_csv(Path(args.out), table)
     log.info("predict: %d images -> %s", len(table), args.out)
+
+
+def _predict_masks(model_dir: Path, images: Path, out: Path) -> None:
+    """One 0/255 mask PNG and one NIfTI per image (same relative path under out), a DICOM
+    SEG beside them for DICOM inputs, and masks.csv (area and confidence per image)."""
+    from radflow import export, predict, segmentation
+
+    if out.exists() and any(out.iterdir()) and not (out / predict.MASK_TABLE).exists():
+        raise ValueError(f"{out} is a folder with other files; give a new or empty folder")
+    label = "lesion"
+    rows: list[dict[str, Any]] = []
+
+    def build(tmp: Path) -> None:
+        for row, item in predict.segment_folder(model_dir, images):
+            row |= {"nifti": "", "dicom_seg": "", "note": ""}
+            if item.mask is not None:
+                base = tmp / item.stem
+                png = segmentation.mask_png(item.mask)
+                atomic_write_bytes(base.with_name(base.name + ".png"), png)
+                affine = export.nifti_affine(item.header)
+                nifti = export.nifti_bytes(item.mask, affine)
+                atomic_write_bytes(base.with_name(base.name + ".nii.gz"), nifti)
+                row["nifti"] = f"{item.stem}.nii.gz"
+                frames = int(getattr(item.header, "NumberOfFrames", 1) or 1)
+                if item.header is not None and frames == 1:
+                    try:
+                        seg = export.dicom_bytes(export.dicom_seg(item.header, item.mask, label))
+                    except ValueError as exc:  # e.g. no Frame of Reference in the source
+                        row["note"] = f"no DICOM SEG: {exc}"
+                    else:
+                        atomic_write_bytes(base.with_name(base.name + ".seg.dcm"), seg)
+                        row["dicom_seg"] = f"{item.stem}.seg.dcm"
+                elif item.header is not None:
+                    row["note"] = "no DICOM SEG: multi-frame source (the middle frame was used)"
+            rows.append(row)
+        columns = ["path", "mask", "nifti", "dicom_seg", "tumour", "tumour_pixels",
+                   "tumour_fraction", "max_prob", "confidence", "error", "note"]  # fmt: skip
+        table = pd.DataFrame(rows).reindex(columns=columns)
+        for column in ("tumour", "tumour_pixels"):  # counts stay integers beside empty rows
+            table[column] = table[column].astype("Int64")
+        _write_csv(tmp / predict.MASK_TABLE, table)
+
+    _replace_dir(out, build)
+    log.info(
+        "predict: %d images -> %d masks with a lesion, %d unreadable; %s",
+        len(rows),
+        sum(1 for r in rows if r.get("tumour") == 1),
+        sum(1 for r in rows if r.get("error")),
+        out / predict.MASK_TABLE,
+    )
 
 
 def cmd_profile(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
@@ -573,10 +666,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--run", action="store_true", help="run dvc exp run now")
     p.set_defaults(handler=cmd_profile, params_loaded=False)
-    p = sub.add_parser("predict", help="apply a trained classifier to a folder of images")
-    p.add_argument("--model", required=True, help="models/<modality>/classifier")
+    p = sub.add_parser("predict", help="apply a trained model to a folder of images")
+    p.add_argument("--model", required=True, help="models/<modality>/classifier or .../segmenter")
     p.add_argument("--images", required=True, help="folder searched recursively")
-    p.add_argument("--out", required=True, help="CSV: path and one probability per class")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="classifier: CSV, path and one probability per class; segmenter: a folder for "
+        "one mask PNG (0/255), NIfTI (and DICOM SEG for DICOM) per image and masks.csv",
+    )
     p.set_defaults(handler=cmd_predict, params=None)
     return parser
 

@@ -20,7 +20,14 @@ Conventions (see docs/CONTRACTS.md, metrics.json):
   undefined on a resample is skipped for that resample; a metric undefined on the full data
   has value, ci_low and ci_high ``None`` (JSON null).
 - Segmentation empty-truth rule (MONAI ``ignore_empty=False``): truth and prediction both
-  empty -> Dice = IoU = 1.0; truth empty but prediction not -> 0.0.
+  empty -> Dice = IoU = 1.0; truth empty but prediction not -> 0.0. HD95 (MONAI, pixels of
+  the evaluated grid) is defined only where truth and prediction are both non-empty; the
+  empty cases are reported apart: ``fp_rate_empty`` (lesion-free slices with any predicted
+  pixel) and ``fn_rate_lesion`` (lesion slices with an empty prediction). Per patient:
+  Dice and IoU of the patient's slices pooled (sums of overlaps and sizes, i.e. the volume
+  overlap), HD95 the mean of the patient's per-slice HD95. With patients given, every CI
+  is a patient-cluster bootstrap (patients resampled with replacement), since slices of
+  one patient are not independent.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from monai.metrics import compute_dice, compute_iou
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
@@ -390,47 +397,143 @@ def _mean_interval(
     return _interval(float(values.mean()), values[idx].mean(axis=1), ci_level)
 
 
+def hd95_per_image(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """95th-percentile symmetric Hausdorff distance (MONAI) per image, in pixels; NaN where
+    truth or prediction is empty."""
+    out = np.full(pred.shape[0], np.nan)
+    both = pred.reshape(len(pred), -1).any(1) & true.reshape(len(true), -1).any(1)
+    if both.any():
+        y_pred = torch.from_numpy(pred[both][:, None]).float()
+        y = torch.from_numpy(true[both][:, None]).float()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # MONAI-internal deprecation
+            dist = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95)
+        out[both] = dist[:, 0].numpy()
+    return out
+
+
+def _cluster_interval(
+    sums: np.ndarray, counts: np.ndarray, n_boot: int, ci_level: float, seed: int
+) -> Interval:
+    """Ratio of per-patient sums (mean over the pooled units) with a patient bootstrap."""
+    if counts.sum() == 0:
+        return {"value": None, "ci_low": None, "ci_high": None}
+    point = float(sums.sum() / counts.sum())
+    rng = np.random.default_rng(seed)
+    n = len(sums)
+    draws = rng.integers(0, n, size=(n_boot, n))
+    weights = np.stack([np.bincount(row, minlength=n) for row in draws]) if n_boot else None
+    samples = np.empty(0)
+    if weights is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            samples = (weights @ sums) / (weights @ counts)
+    return _interval(point, samples, ci_level)
+
+
+def _grouped(values: np.ndarray, members: np.ndarray, codes: np.ndarray, n: int):
+    """Per-patient (sum, count) of values over the members (NaNs excluded)."""
+    use = members & np.isfinite(values)
+    sums = np.bincount(codes[use], weights=values[use], minlength=n)
+    counts = np.bincount(codes[use], minlength=n).astype(np.float64)
+    return sums, counts
+
+
 def segmentation_metrics(
     pred_masks: np.ndarray,
     true_masks: np.ndarray,
     n_boot: int,
     ci_level: float,
     seed: int,
+    patients: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Per-image Dice/IoU (MONAI) and bootstrap CIs of their means.
+    """Per-image Dice/IoU/HD95 (MONAI), their means with bootstrap CIs, empty-case rates and
+    (with ``patients``, one key per image) per-patient metrics.
 
-    Returns ``({"dice", "iou", "dice_lesion", "iou_lesion": {"value", "ci_low", "ci_high"},
-    "n_images", "n_lesion"}, table)`` where ``*_lesion`` average only images whose truth is
-    non-empty (null when there are none) and ``table`` has columns
-    ``index, dice, iou, truth_empty`` (index = position in the input arrays). Empty truth:
-    both empty -> 1.0, truth empty and prediction not -> 0.0. The bootstrap resamples
-    within the empty / non-empty strata so their mix stays as observed.
+    Returns ``({"dice", "iou", "dice_lesion", "iou_lesion", "hd95", "fp_rate_empty",
+    "fn_rate_lesion": {"value", "ci_low", "ci_high"}, "n_images", "n_lesion", "n_empty",
+    "n_hd95", "per_patient": {"dice", "iou", "hd95", "n_patients"} | None, "bootstrap"},
+    table)`` where ``*_lesion`` average only images whose truth is non-empty (null when
+    there are none) and ``table`` has columns ``index, dice, iou, hd95, truth_empty,
+    pred_empty`` (index = position in the input arrays). Empty truth: both empty -> 1.0,
+    truth empty and prediction not -> 0.0; HD95 only where both are non-empty. Without
+    patients the bootstrap resamples images within the empty / non-empty strata.
     """
     _check_ci(n_boot, ci_level)
     pred = _as_binary_masks(pred_masks, "pred_masks")
     true = _as_binary_masks(true_masks, "true_masks")
     if pred.shape != true.shape:
         raise ValueError(f"pred_masks {pred.shape} and true_masks {true.shape} differ")
+    if patients is not None and len(patients) != pred.shape[0]:
+        raise ValueError(f"{len(patients)} patient keys for {pred.shape[0]} masks")
     if pred.shape[0]:
         dice, iou = _per_image(compute_dice, pred, true), _per_image(compute_iou, pred, true)
     else:
         dice = iou = np.empty(0)
+    hd95 = hd95_per_image(pred, true)
     empty = ~true.reshape(true.shape[0], -1).any(axis=1)
+    pred_empty = ~pred.reshape(pred.shape[0], -1).any(axis=1)
     lesion = ~empty
+    false_pos = (empty & ~pred_empty).astype(np.float64)
+    missed = (lesion & pred_empty).astype(np.float64)
+    everything = np.ones(len(dice), dtype=bool)
+    if patients is None:
+
+        def interval(values: np.ndarray, members: np.ndarray) -> Interval:
+            values = values[members]
+            keep = np.isfinite(values)
+            return _mean_interval(values[keep], empty[members][keep], n_boot, ci_level, seed)
+
+        per_patient = None
+        method = "images, stratified by empty truth"
+    else:
+        keys, codes = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+        n = len(keys)
+
+        def interval(values: np.ndarray, members: np.ndarray) -> Interval:
+            return _cluster_interval(*_grouped(values, members, codes, n), n_boot, ci_level, seed)
+
+        inter = np.bincount(codes, weights=(pred & true).reshape(len(pred), -1).sum(1), minlength=n)
+        p_size = np.bincount(codes, weights=pred.reshape(len(pred), -1).sum(1), minlength=n)
+        t_size = np.bincount(codes, weights=true.reshape(len(true), -1).sum(1), minlength=n)
+        total, union = p_size + t_size, p_size + t_size - inter
+        p_dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+        p_iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        h_sum, h_count = _grouped(hd95, everything, codes, n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_hd95 = np.where(h_count > 0, h_sum / np.maximum(h_count, 1), np.nan)
+        ones = np.ones(n)
+        per_patient = {
+            "dice": _cluster_interval(p_dice, ones, n_boot, ci_level, seed),
+            "iou": _cluster_interval(p_iou, ones, n_boot, ci_level, seed),
+            "hd95": _cluster_interval(
+                np.nan_to_num(p_hd95), np.isfinite(p_hd95).astype(float), n_boot, ci_level, seed
+            ),
+            "n_patients": int(n),
+        }
+        method = "patients (cluster bootstrap)"
     result: dict[str, Any] = {
-        "dice": _mean_interval(dice, empty, n_boot, ci_level, seed),
-        "iou": _mean_interval(iou, empty, n_boot, ci_level, seed),
-        "dice_lesion": _mean_interval(dice[lesion], empty[lesion], n_boot, ci_level, seed),
-        "iou_lesion": _mean_interval(iou[lesion], empty[lesion], n_boot, ci_level, seed),
+        "dice": interval(dice, everything),
+        "iou": interval(iou, everything),
+        "dice_lesion": interval(dice, lesion),
+        "iou_lesion": interval(iou, lesion),
+        "hd95": interval(hd95, everything),
+        "fp_rate_empty": interval(false_pos, empty),
+        "fn_rate_lesion": interval(missed, lesion),
         "n_images": int(pred.shape[0]),
         "n_lesion": int(lesion.sum()),
+        "n_empty": int(empty.sum()),
+        "n_hd95": int(np.isfinite(hd95).sum()),
+        "per_patient": per_patient,
+        "bootstrap": method,
     }
     table = pd.DataFrame(
         {
             "index": np.arange(pred.shape[0]),
             "dice": dice.astype(float),
             "iou": iou.astype(float),
+            "hd95": hd95.astype(float),
             "truth_empty": empty,
+            "pred_empty": pred_empty,
         }
     )
     return result, table

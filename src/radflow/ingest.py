@@ -162,6 +162,7 @@ def _ingest_one(
         "patient_key_source": provenance,
         "label": label,
         "mask_path": str(source.raw_dir / mask) if mask else "",
+        "box": _column(entry, "box"),
     }, ""
 
 

@@ -29,6 +29,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "series_key": ("string", "series identifier (after anonymise: remapped UID)"),
     "label": ("string", "class name; empty when unlabelled"),
     "mask_path": ("string", "lesion mask (NIfTI or PNG, same pixel grid); empty when none"),
+    "box": (
+        "string",
+        "lesion box 'x0 y0 x1 y1' in source pixels (data.boxes); empty when none",
+    ),
     "rows": ("Int64", "pixel rows"),
     "cols": ("Int64", "pixel columns"),
     "frames": ("Int64", "number of frames/slices (the middle one is used for 2-D models)"),
@@ -57,8 +61,9 @@ def empty() -> pd.DataFrame:
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Order columns and cast dtypes; extra columns are kept after the schema ones."""
     frame = frame.copy()
-    if "patient_key_source" not in frame.columns:  # manifests written before the column
-        frame["patient_key_source"] = ""
+    for added in ("patient_key_source", "box"):  # manifests written before the column
+        if added not in frame.columns:
+            frame[added] = ""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest lacks column(s) {missing}; re-run `radflow ingest`")
@@ -66,7 +71,7 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[list(COLUMNS) + extra].copy()
     for name, (dtype, _) in COLUMNS.items():
         out[name] = out[name].astype(dtype)
-    for name in ("label", "mask_path", "study_key", "series_key", "patient_key_source"):
+    for name in ("label", "mask_path", "box", "study_key", "series_key", "patient_key_source"):
         out[name] = out[name].fillna("")
     return out.reset_index(drop=True)
 

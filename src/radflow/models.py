@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 import timm
 import torch
-from monai.networks.nets import UNet
 
 from radflow import weights as weights_mod
 from radflow.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
@@ -19,12 +18,23 @@ STD = 0.5
 
 
 def build_classifier(
-    backbone: str, weights: str | None, num_classes: int
+    backbone: str, weights: str | None, num_classes: int, allow_download: bool = False
 ) -> tuple[torch.nn.Module, str]:
     """A timm classifier on one grey channel; weights=None builds an untrained net."""
     if weights is None:
         model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=1)
         return model, "none (architecture only)"
+    if weights == weights_mod.HUB:
+        origin = weights_mod.check_hub_allowed(backbone, allow_download)
+        try:
+            model = timm.create_model(
+                backbone, pretrained=True, num_classes=num_classes, in_chans=1
+            )
+        except Exception as exc:  # timm / huggingface_hub raise many kinds
+            raise weights_mod.WeightsError(
+                f"could not get {backbone} weights from the Hugging Face hub: {exc}"
+            ) from exc
+        return model, origin
     path, origin = weights_mod.resolve(backbone, weights)
     model = timm.create_model(
         backbone,
@@ -36,15 +46,16 @@ def build_classifier(
     return model, origin
 
 
-def build_segmenter(channels: list[int]) -> torch.nn.Module:
-    return UNet(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=1,
-        channels=tuple(channels),
-        strides=tuple([2] * (len(channels) - 1)),
-        num_res_units=1,
-    )
+def build_segmenter(cfg: dict[str, Any] | list[int]) -> torch.nn.Module:
+    """The segmenter architecture from train.segmenter (or meta.json), untrained; a list is
+    the channels of the plain U-Net. radflow.segmentation builds it (and the weights)."""
+    from radflow import segmentation
+
+    if isinstance(cfg, list):
+        cfg = {"arch": "unet", "channels": cfg}
+    elif cfg.get("arch") == "monai.UNet":  # meta.json of models trained before the registry
+        cfg = {**cfg, "arch": "unet"}
+    return segmentation.build_segmenter(cfg, pretrained=False)[0]
 
 
 def save_model(
@@ -69,10 +80,10 @@ def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     if meta["task"] == "classifier":
         model, _ = build_classifier(meta["arch"], None, len(meta["classes"]))
     else:
-        model = build_segmenter(meta["channels"])
+        model = build_segmenter(meta)
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    return model.eval(), meta
+    return fast_layout(model).eval(), meta
 
 
 def normalise_batch(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -80,4 +91,10 @@ def normalise_batch(images_uint8: torch.Tensor) -> torch.Tensor:
     x = images_uint8.float() / 255.0
     if x.ndim == 3:
         x = x[:, None]
-    return (x - MEAN) / STD
+    return ((x - MEAN) / STD).contiguous(memory_format=torch.channels_last)
+
+
+def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """Channels-last weights: with channels-last inputs (normalise_batch) the oneDNN
+    convolutions run about 1.7x faster on CPU for Lite0 training; same numbers."""
+    return model.to(memory_format=torch.channels_last)

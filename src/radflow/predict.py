@@ -1,8 +1,12 @@
-"""Predict: apply a trained classifier to every image under a folder, prepared as in training."""
+"""Predict: apply a trained classifier or segmenter to every image under a folder, prepared
+as in training."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,3 +61,93 @@ def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
     ]
     table["error"] = errors
     return table
+
+
+# ------------------------------------------------------------------------- segmenter
+
+MASK_TABLE = "masks.csv"
+
+
+@dataclass
+class Segmented:
+    """One input image's prediction on its own pixel grid, ready for export."""
+
+    rel: str  # path relative to the images folder
+    stem: str  # rel without the image suffix: the outputs are stem + .png/.nii.gz/.seg.dcm
+    mask: np.ndarray | None  # bool (rows, columns) on the input's grid; None on error
+    header: Any = None  # the DICOM header (pydicom Dataset) when the input is DICOM
+
+
+def output_stem(rel: str) -> str:
+    """The relative path without its image suffix (IMG1.dcm -> IMG1, a.nii.gz -> a)."""
+    lower = rel.lower()
+    for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", *imaging.RASTER_SUFFIXES):
+        if lower.endswith(suffix):
+            return rel[: -len(suffix)]
+    return rel
+
+
+def segment_folder(
+    model_dir: Path, root: Path, batch: int = 16
+) -> Iterator[tuple[dict[str, Any], Segmented]]:
+    """Segment every image under root, prepared as in training; post-processed on the model
+    grid, then mapped back onto each image's own pixel grid.
+
+    Yields (CSV row, Segmented) per image: path, mask (the PNG's relative path),
+    tumour (0/1), tumour_pixels, tumour_fraction (of the image), max_prob (highest pixel
+    probability), confidence (mean probability inside the predicted mask; for an empty
+    mask 1 - max_prob, the confidence that there is none), error (unreadable input; no
+    mask then).
+    """
+    from radflow import segmentation
+
+    model, meta = load_model(model_dir)
+    if meta["task"] != "segmenter":
+        raise ValueError(f"{model_dir} is a {meta['task']}; this needs a segmenter")
+    paths = image_files(root)
+    stems: dict[str, str] = {}
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        stem = output_stem(rel)
+        if stem in stems:
+            raise ValueError(
+                f"{rel} and {stems[stem]} would write the same mask {stem}.png; "
+                "rename one or predict the folders apart"
+            )
+        stems[stem] = rel
+    threshold = float(segmentation.settings(meta)["postprocess"]["threshold"])
+    for start in range(0, len(paths), batch):
+        chunk, ready = paths[start : start + batch], []
+        for path in chunk:
+            rel = path.relative_to(root).as_posix()
+            try:
+                pixels = imaging.load_pixels(path)
+                header = None
+                if imaging.detect_format(path) == "dicom":
+                    header = imaging.read_dicom(path, pixels=False)
+                prepared = prepare_image(pixels, meta["modality"], meta["preprocess"])
+                ready.append((rel, pixels.shape, header, prepared))
+            except imaging.ImageReadError as exc:
+                row = {"path": rel, "mask": "", "tumour": None, "tumour_pixels": None,
+                       "tumour_fraction": None, "max_prob": None, "confidence": None,
+                       "error": str(exc)}  # fmt: skip
+                yield row, Segmented(rel, output_stem(rel), None)
+        if not ready:
+            continue
+        keep, probs = segmentation.predict_masks(model, np.stack([r[3] for r in ready]), meta)
+        for (rel, shape, header, _), kept, prob in zip(ready, keep, probs, strict=True):
+            mask = segmentation.restore_geometry(prob, kept, shape, threshold)
+            inside = prob[kept]
+            max_prob = float(prob.max())
+            stem = output_stem(rel)
+            row = {
+                "path": rel,
+                "mask": f"{stem}.png",
+                "tumour": int(mask.any()),
+                "tumour_pixels": int(mask.sum()),
+                "tumour_fraction": float(mask.mean()),
+                "max_prob": max_prob,
+                "confidence": float(inside.mean()) if inside.size else 1.0 - max_prob,
+                "error": "",
+            }
+            yield row, Segmented(rel, stem, mask, header)

@@ -48,6 +48,19 @@ def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return (to_square(mask.astype(np.float32), size, "nearest") > 0.5).astype(np.uint8)
 
 
+def box_to_processed(box: str, shape: tuple[int, ...], size: int) -> str:
+    """A source-pixel box "x0 y0 x1 y1" mapped through to_square (centred pad, resize)."""
+    if not box:
+        return ""
+    x0, y0, x1, y1 = (float(v) for v in box.split())
+    rows, cols = shape[:2]
+    side = max(rows, cols)
+    pad_x, pad_y, scale = (side - cols) // 2, (side - rows) // 2, size / side
+    mapped = [(x + pad_x) * scale for x in (x0, x1)], [(y + pad_y) * scale for y in (y0, y1)]
+    (mx0, mx1), (my0, my1) = mapped
+    return " ".join(f"{min(max(v, 0.0), size):.2f}" for v in (mx0, my0, mx1, my1))
+
+
 def build_arrays(
     rows: pd.DataFrame, pp: dict[str, Any], load_pixels: PixelLoader, load_mask: MaskLoader
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -55,9 +68,11 @@ def build_arrays(
     size = pp["image_size"]
     images = np.zeros((len(rows), size, size), dtype=np.uint8)
     masks = np.zeros_like(images)
+    boxes = [""] * len(rows)
     for i, row in enumerate(rows.itertuples(index=False)):
         pixels = load_pixels(row.source_path, row.format)
         images[i] = prepare_image(pixels, row.modality, pp)
+        boxes[i] = box_to_processed(getattr(row, "box", ""), pixels.shape, size)
         if row.mask_path:
             mask = load_mask(row.mask_path)
             if mask.shape != pixels.shape:
@@ -69,4 +84,5 @@ def build_arrays(
     index = rows.copy()
     index["array_index"] = np.arange(len(rows))
     index["has_mask"] = (rows["mask_path"] != "").astype(int).to_numpy()
+    index["box"] = boxes
     return images, masks, index

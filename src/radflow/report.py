@@ -22,6 +22,7 @@ Context for :func:`render_modality_page` (:class:`ModalityContext`)::
       "git_revision": "abc1234",                # the code that made the page
       "meta": {...},                            # classifier meta.json
       "segmenter_meta": {...} | None,           # segmenter meta.json (shows "not trained")
+      "segmentation_overlays": {file: bytes},   # evaluation overlays/*.png (best/median/worst)
       "params": {...},                          # params.yaml as loaded
       "versions": {"torch": "2.4.0", ...},      # default: meta["versions"]
       "generated_at": "2024-01-01T00:00:00Z",   # default: now (UTC)
@@ -75,6 +76,14 @@ SEGMENTATION_LABELS = {
     "iou": "IoU (all images)",
     "dice_lesion": "Dice (images with a lesion)",
     "iou_lesion": "IoU (images with a lesion)",
+    "hd95": "HD95 in pixels (images with truth and prediction)",
+    "fp_rate_empty": "False-positive rate (lesion-free images with any prediction)",
+    "fn_rate_lesion": "Missed lesions (lesion images with an empty prediction)",
+}
+PATIENT_LABELS = {
+    "dice": "Dice per patient (slices pooled)",
+    "iou": "IoU per patient (slices pooled)",
+    "hd95": "HD95 per patient (mean over slices, pixels)",
 }
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -112,6 +121,7 @@ class ModalityContext(TypedDict, total=False):
     git_revision: str
     meta: dict[str, Any]
     segmenter_meta: dict[str, Any] | None
+    segmentation_overlays: Mapping[str, bytes]
     params: dict[str, Any]
     versions: dict[str, str]
     generated_at: str
@@ -553,6 +563,13 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "cases": _case_cards(cases),
         "segmentation": metrics.get("segmentation"),
         "segmentation_rows": _metric_rows(metrics.get("segmentation"), SEGMENTATION_LABELS),
+        "segmentation_patient_rows": _metric_rows(
+            (metrics.get("segmentation") or {}).get("per_patient"), PATIENT_LABELS
+        ),
+        "segmentation_cases": _segmentation_cases(
+            metrics.get("segmentation"), context.get("segmentation_overlays") or {}
+        ),
+        "segmenter_settings": _segmenter_settings(seg_meta),
         "segmenter_reason": seg_meta.get("reason") if seg_meta.get("trained") is False else None,
         "histories": _history_figures(context.get("histories") or {}),
         "faithfulness": _faithfulness_rows(faithfulness),
@@ -572,6 +589,47 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "generated_at": context.get("generated_at") or _now(),
         "radflow_version": __version__,
     }
+
+
+def _segmentation_cases(
+    segmentation: Mapping[str, Any] | None, overlays: Mapping[str, bytes]
+) -> list[dict[str, Any]]:
+    """The best, median and worst lesion cases with their overlay (truth green, prediction
+    red); cases whose PNG is missing are left out."""
+    out = []
+    for case in (segmentation or {}).get("cases") or []:
+        png = overlays.get(str(case.get("file")))
+        if png is None:
+            continue
+        out.append(
+            {
+                "rank": str(case.get("rank")),
+                "image_id": str(case.get("image_id")),
+                "dice": format_value(case.get("dice")),
+                "iou": format_value(case.get("iou")),
+                "hd95": format_value(case.get("hd95"), 1),
+                "uri": data_uri(png),
+            }
+        )
+    return out
+
+
+def _segmenter_settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the segmenter was and how its masks were made (meta.json)."""
+    if not meta.get("trained"):
+        return []
+    rows = [("architecture", str(meta.get("arch"))), ("weights", str(meta.get("weights_origin")))]
+    for key in ("inference", "postprocess"):
+        if meta.get(key):
+            rows.append((key, ", ".join(f"{k}: {v}" for k, v in meta[key].items())))
+    if meta.get("best_epoch") is not None:
+        rows.append(
+            (
+                "best epoch (val Dice)",
+                f"{meta['best_epoch']} ({meta.get('best_val_metric', 0):.3f})",
+            )
+        )
+    return rows
 
 
 def _index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
@@ -601,6 +659,11 @@ def _index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
             ("Dice (lesion)", format_interval(segmentation.get("dice_lesion"))),
             ("IoU", format_interval(segmentation.get("iou"))),
         ]
+        if segmentation.get("iou_lesion"):
+            seg_rows.append(("IoU (lesion)", format_interval(segmentation.get("iou_lesion"))))
+        if segmentation.get("per_patient"):
+            per_patient = segmentation["per_patient"]
+            seg_rows.append(("Dice per patient", format_interval(per_patient.get("dice"))))
         seg_note = None
     else:
         seg_rows = []

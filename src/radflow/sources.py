@@ -8,15 +8,22 @@ Chosen in params (`data.layout`, `data.columns`, `data.patient_key`), never in c
 The patient key comes from a params rule: a DICOM attribute, a CSV column, regular
 expressions on the file name (optionally grouped into runs of consecutive numbers for
 slice-numbered sets without ids), or, only when explicitly chosen, the image itself.
+
+Two more params rules for label CSVs: `data.label_from` derives the class from a numeric
+column (e.g. tumour pixels > 0 -> tumour), and `data.mask_dir` names the folder the mask
+column is relative to (default raw_dir), so masks stored beside the image folder need no
+path rewriting in the CSV.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 CANONICAL = ("path", "label", "mask", "patient_id", "modality")
@@ -55,6 +62,61 @@ class PatientRule:
 
 
 @dataclass(frozen=True)
+class LabelRule:
+    """The label from a numeric column: `above` when value > threshold, else `otherwise`."""
+
+    column: str
+    threshold: float
+    above: str
+    otherwise: str
+
+    def apply(self, values: pd.Series, where: Path) -> pd.Series:
+        numbers = pd.to_numeric(values, errors="coerce").astype(float)
+        bad = values[~np.isfinite(numbers.to_numpy())]
+        if len(bad):
+            raise SourceError(
+                f"labels CSV {where}: column '{self.column}' (data.label_from.column) holds "
+                f"{len(bad)} non-numeric value(s), first in row {int(bad.index[0]) + 2}"
+            )
+        return numbers.map(lambda v: self.above if v > self.threshold else self.otherwise)
+
+
+@dataclass(frozen=True)
+class BoxRule:
+    """A lesion box from four numeric columns, stored as corners "x0 y0 x1 y1" (source pixels)."""
+
+    columns: tuple[str, str, str, str]
+    format: str  # cxcywh | xywh | xyxy
+
+    def apply(self, raw: pd.DataFrame, where: Path) -> pd.Series:
+        missing = [c for c in self.columns if c not in raw.columns]
+        if missing:
+            raise SourceError(f"labels CSV {where} lacks the box column(s) {missing} (data.boxes)")
+        present = raw[list(self.columns)].apply(lambda col: col.str.strip() != "").all(axis=1)
+        values = raw[list(self.columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(present.to_numpy() & ~np.isfinite(values).all(axis=1))
+        if len(bad):
+            raise SourceError(
+                f"labels CSV {where}: row {int(bad[0]) + 2} has a non-numeric box value "
+                f"in {list(self.columns)} (data.boxes)"
+            )
+        a, b, c, d = values.T
+        if self.format == "cxcywh":
+            corners = np.stack([a - c / 2, b - d / 2, a + c / 2, b + d / 2], axis=1)
+        elif self.format == "xywh":
+            corners = np.stack([a, b, a + c, b + d], axis=1)
+        else:
+            corners = values
+        return pd.Series(
+            [
+                " ".join(f"{v:g}" for v in box) if ok else ""
+                for box, ok in zip(corners, present, strict=True)
+            ],
+            index=raw.index,
+        )
+
+
+@dataclass(frozen=True)
 class Source:
     raw_dir: Path
     layout: str = "labels_csv"
@@ -63,6 +125,9 @@ class Source:
     label_map: dict[str, str] = field(default_factory=dict)
     modality: str | None = None
     patient: PatientRule = PatientRule()
+    label_rule: LabelRule | None = None
+    mask_dir: Path | None = None
+    box_rule: BoxRule | None = None
 
 
 def from_params(data: dict[str, Any]) -> Source:
@@ -74,6 +139,17 @@ def from_params(data: dict[str, Any]) -> Source:
     source = rule.get("source", "dicom")
     if source == "filename" and not patterns:
         raise SourceError("data.patient_key.source is filename but patterns is empty")
+    label_from = data.get("label_from")
+    label_rule = None
+    if label_from:
+        if data.get("layout", "labels_csv") != "labels_csv":
+            raise SourceError("data.label_from needs data.layout labels_csv")
+        label_rule = LabelRule(
+            column=str(label_from["column"]),
+            threshold=float(label_from.get("threshold", 0)),
+            above=str(label_from["above"]),
+            otherwise=str(label_from["otherwise"]),
+        )
     return Source(
         raw_dir=Path(data["raw_dir"]),
         layout=data.get("layout", "labels_csv"),
@@ -87,7 +163,19 @@ def from_params(data: dict[str, Any]) -> Source:
             patterns=patterns,
             bucket=rule.get("bucket"),
         ),
+        label_rule=label_rule,
+        mask_dir=Path(data["mask_dir"]) if data.get("mask_dir") else None,
+        box_rule=_box_rule(data),
     )
+
+
+def _box_rule(data: dict[str, Any]) -> BoxRule | None:
+    boxes = data.get("boxes")
+    if not boxes:
+        return None
+    if data.get("layout", "labels_csv") != "labels_csv":
+        raise SourceError("data.boxes needs data.layout labels_csv")
+    return BoxRule(columns=tuple(str(c) for c in boxes["columns"]), format=boxes["format"])
 
 
 def labels_table(source: Source) -> pd.DataFrame:
@@ -114,8 +202,15 @@ def _labels_csv(source: Source) -> pd.DataFrame:
         raise SourceError(f"labels CSV {path} not found; fix data.labels_csv in params.yaml")
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     out = pd.DataFrame(index=raw.index)
+    rule = source.label_rule
     for canonical, column in source.columns.items():
-        if column in raw.columns:
+        if canonical == "label" and rule is not None:
+            if rule.column not in raw.columns:
+                raise SourceError(
+                    f"labels CSV {path} lacks the column '{rule.column}' (data.label_from.column)"
+                )
+            out["label"] = rule.apply(raw[rule.column], path)
+        elif column in raw.columns:
             out[canonical] = raw[column].astype(str)
         elif canonical in ("path", "label"):
             raise SourceError(
@@ -123,6 +218,13 @@ def _labels_csv(source: Source) -> pd.DataFrame:
             )
         else:
             out[canonical] = ""
+    out["box"] = source.box_rule.apply(raw, path) if source.box_rule else ""
+    if source.mask_dir is not None:
+        # Mask paths are relative to raw_dir downstream (ingest); rewrite them from mask_dir.
+        out["mask"] = [
+            Path(os.path.relpath(source.mask_dir / m, source.raw_dir)).as_posix() if m else ""
+            for m in out["mask"]
+        ]
     dup = out["path"][out["path"].duplicated()]
     if len(dup):
         raise SourceError(f"labels CSV {path} lists {dup.iloc[0]} more than once")
@@ -140,6 +242,6 @@ def _class_folders(root: Path) -> pd.DataFrame:
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     table = pd.DataFrame(rows, columns=["path", "label"])
-    for column in CANONICAL[2:]:
+    for column in (*CANONICAL[2:], "box"):
         table[column] = ""
     return table

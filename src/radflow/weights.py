@@ -20,6 +20,7 @@ from radflow.fileio import atomic_write
 
 PACKAGED = "packaged"
 PACKAGED_ARCH = "tf_efficientnet_lite0"
+HUB = "hub"
 
 
 class WeightsError(FileNotFoundError):
@@ -92,6 +93,23 @@ def resolve(backbone: str, weights: str) -> tuple[Path, str]:
             "radflow never falls back to random weights"
         )
     return path, f"user file {path.name} (sha256 {_short_hash(path)})"
+
+
+def check_hub_allowed(backbone: str, allow_download: bool) -> str:
+    """The origin text for hub weights, or a clear refusal: radflow downloads only when told
+    (train.classifier.allow_download) and never while HF_HUB_OFFLINE is set."""
+    if not allow_download:
+        raise WeightsError(
+            f"train.classifier.weights is hub, which downloads {backbone} weights from the "
+            "Hugging Face hub; set train.classifier.allow_download: true to allow it, or give "
+            "the path of a state dict"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise WeightsError(
+            f"{backbone} weights from the hub were asked for, but HF_HUB_OFFLINE is set; "
+            "unset it or give the path of a state dict (train.classifier.weights)"
+        )
+    return f"Hugging Face hub via timm ({backbone}, downloaded at training time)"
 
 
 def _short_hash(path: Path) -> str:

@@ -16,6 +16,7 @@ DEMO = config["data"]["source"] == "demo"
 ROOT = os.path.normpath(config["data"]["root"])
 RAW_DIR = os.path.normpath(config["data"]["raw_dir"])
 LABELS_CSV = config["data"].get("labels_csv")
+MASK_DIR = config["data"].get("mask_dir")
 # The demo cohort's tree (docs/CONTRACTS.md: `radflow demo ... --out data/raw/demo`) and the
 # labels CSV `radflow demo` writes at its root.
 DEMO_DIR = "data/raw/demo"
@@ -61,7 +62,7 @@ else:
 
 def check_params_yaml_is_the_config():
     """Fail unless the demo and folder settings are coherent."""
-    for key, path in (("raw_dir", RAW_DIR), ("labels_csv", LABELS_CSV)):
+    for key, path in (("raw_dir", RAW_DIR), ("labels_csv", LABELS_CSV), ("mask_dir", MASK_DIR)):
         if path and os.path.relpath(os.path.normpath(path), ROOT).startswith(".."):
             raise WorkflowError(
                 f"data.{key} ({path}) must lie inside data.root ({ROOT}), the folder the "

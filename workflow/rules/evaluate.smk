@@ -1,5 +1,6 @@
 # evaluate: test-set metrics with bootstrap confidence intervals, operating point, calibration,
-# subgroups; ROC, precision-recall and confusion tables.
+# subgroups; ROC, precision-recall and confusion tables; segmentation metrics per slice and
+# per patient with overlays of the best, median and worst lesion cases.
 
 
 rule evaluate:
@@ -15,6 +16,7 @@ rule evaluate:
         pr="reports/evaluation/{modality}/pr.csv",
         confusion="reports/evaluation/{modality}/confusion.csv",
         segmentation="reports/evaluation/{modality}/segmentation.csv",
+        overlays=directory("reports/evaluation/{modality}/overlays"),
     params:
         data=parent_dir("input", "index"),
         models=parent_dir("input", "classifier"),

@@ -9,6 +9,7 @@ rule report:
         pr="reports/evaluation/{modality}/pr.csv",
         confusion="reports/evaluation/{modality}/confusion.csv",
         segmentation="reports/evaluation/{modality}/segmentation.csv",
+        overlays="reports/evaluation/{modality}/overlays",
         explanations="reports/explanations/{modality}",
         classifier="models/{modality}/classifier",
         segmenter="models/{modality}/segmenter",

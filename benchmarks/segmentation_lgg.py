@@ -1,0 +1,238 @@
+"""Benchmark: the LGG FLAIR tumour segmenter within a wall-time budget on the CPU.
+
+Reads ../shared/datasets/mri-lgg-segmentation through the profile's data adapter (the same
+ingest and preprocess code as the pipeline), splits the patients three ways (held-out
+patients for the table, a few validation patients for choosing the best epoch, the rest for
+training; no patient in two parts), sizes the number of epochs to the budget by timing a few
+training steps, trains the profile's segmenter (train.segmenter + train.augment) and prints
+Dice, IoU and HD95 with 95% patient-bootstrap CIs, per slice and per patient, the
+false-positive rate on tumour-free slices and the wall time. The held-out patients are
+never used for any choice; the dataset's withheld test patients are not in the folder.
+
+    .venv/bin/python benchmarks/segmentation_lgg.py                    # 30 min, 2 threads
+    .venv/bin/python benchmarks/segmentation_lgg.py --budget-min 3 --threads 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_arrays(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """images, masks (uint8, N x S x S), tumour flag and patient code per slice."""
+    from radflow import imaging, ingest, preprocess, sources
+
+    result = ingest.ingest(sources.from_params(params["data"]))
+    reasons = result.quarantine["reason"].astype(str)
+    duplicate = reasons.str.startswith("byte-identical duplicate")
+    if (~duplicate).any():
+        raise SystemExit(f"{int((~duplicate).sum())} files quarantined by ingest; check the data")
+    if duplicate.any():  # blank slices stored twice: the pipeline keeps one copy too
+        print(f"ingest: {int(duplicate.sum())} byte-identical duplicate slices left out")
+    rows = result.manifest.sort_values("source_path").reset_index(drop=True)
+    images, masks, _ = preprocess.build_arrays(
+        rows, params["preprocess"], imaging.load_pixels, imaging.load_mask
+    )
+    _, patients = np.unique(rows["patient_key"].to_numpy(), return_inverse=True)
+    tumour = masks.reshape(len(masks), -1).any(axis=1)
+    return images, masks, tumour, patients  # patient codes only: no names leave here
+
+
+def split_patients(
+    tumour: np.ndarray, patients: np.ndarray, n_test: int, n_val: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient-grouped, tumour-stratified train / val / held-out slice indices."""
+    from radflow.split import take_fold
+
+    n_patients = len(np.unique(patients))
+    held = take_fold(tumour, patients, n_test / n_patients, seed)
+    rest = np.flatnonzero(~held)
+    share = n_val / len(np.unique(patients[rest]))
+    val = np.zeros(len(tumour), dtype=bool)
+    val[rest[take_fold(tumour[rest], patients[rest], share, seed + 1)]] = True
+    train = ~held & ~val
+    return np.flatnonzero(train), np.flatnonzero(val), np.flatnonzero(held)
+
+
+def seconds_per_epoch(
+    images: np.ndarray, masks: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+    train_params: dict, seed: int, steps: int = 6,
+) -> float:  # fmt: skip
+    """Measured: a few training steps (after one warm-up) scaled to an epoch, plus one
+    validation pass."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from radflow import segmentation, train
+
+    cfg = train_params["segmenter"]
+    train.seed_everything(seed)
+    model, _ = segmentation.build_segmenter(cfg, pretrained=True)
+    transform = train.augmentations(train_params.get("augment", {}), with_mask=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
+    criterion = DiceCELoss(sigmoid=True, batch=True)
+    order = segmentation.epoch_indices(train_idx, masks, float(cfg.get("tumour_oversample", 1)))
+    x, m = torch.from_numpy(images), torch.from_numpy(masks)
+    rng = np.random.default_rng(seed)
+    crop = segmentation.patch_sampler(cfg, images.shape[-1], seed)
+    model.train()
+    times = []
+    for i in range(steps + 1):
+        batch = rng.choice(order, cfg["batch_size"], replace=False)
+        start = time.perf_counter()
+        x01, mm = train._augment_batch(x[batch], m[batch], transform)
+        if crop is not None:
+            x01, mm = crop(x01, mm)
+        optimizer.zero_grad()
+        criterion(model(train._to_model(x01)), mm).backward()
+        optimizer.step()
+        if i:
+            times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    segmentation.predict_masks(model, images[val_idx], segmentation.settings(cfg))
+    val_seconds = time.perf_counter() - start
+    return float(np.mean(times)) * math.ceil(len(order) / cfg["batch_size"]) + val_seconds
+
+
+def table(summary: dict, pp_summary: dict | None, wall: float, info: dict) -> str:
+    def cell(interval: dict | None, digits: int = 3) -> str:
+        if not interval or interval.get("value") is None:
+            return "n/a"
+        ci = ""
+        if interval.get("ci_low") is not None:
+            ci = f" [{interval['ci_low']:.{digits}f}, {interval['ci_high']:.{digits}f}]"
+        return f"{interval['value']:.{digits}f}{ci}"
+
+    pat = summary["per_patient"]
+    lines = [
+        "| metric (held-out patients) | value [95% CI] |",
+        "| --- | --- |",
+        f"| Dice, tumour slices (n={summary['n_lesion']}) | {cell(summary['dice_lesion'])} |",
+        f"| IoU, tumour slices | {cell(summary['iou_lesion'])} |",
+        f"| HD95 px, slices with truth and prediction (n={summary['n_hd95']}) "
+        f"| {cell(summary['hd95'], 2)} |",
+        f"| Dice, all slices (n={summary['n_images']}; both empty = 1) | {cell(summary['dice'])} |",
+        f"| IoU, all slices | {cell(summary['iou'])} |",
+        f"| FP rate, tumour-free slices (n={summary['n_empty']}) "
+        f"| {cell(summary['fp_rate_empty'])} |",
+        f"| missed tumour slices (empty prediction) | {cell(summary['fn_rate_lesion'])} |",
+        f"| Dice per patient (n={pat['n_patients']}, volume overlap) | {cell(pat['dice'])} |",
+        f"| IoU per patient | {cell(pat['iou'])} |",
+        f"| HD95 px per patient (mean of slices) | {cell(pat['hd95'], 2)} |",
+    ]
+    if pp_summary is not None:
+        lines.append(
+            f"| (threshold only, no post-processing: IoU tumour slices "
+            f"{cell(pp_summary['iou_lesion'])}, FP rate {cell(pp_summary['fp_rate_empty'])}) | |"
+        )
+    lines.append(
+        f"| wall time | {wall / 60:.1f} min ({info['epochs']} epochs x "
+        f"{info['sec_per_epoch']:.0f} s, {info['threads']} threads, {info['device']}) |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=str(ROOT / "profiles/mri-lgg-segmentation.yaml"))
+    parser.add_argument("--budget-min", type=float, default=30.0, help="whole run, minutes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="fix the epochs instead of fitting the budget")
+    parser.add_argument("--held-out", type=int, default=5, help="held-out patients")
+    parser.add_argument("--val", type=int, default=3, help="best-epoch validation patients")
+    parser.add_argument("--arch", help="override train.segmenter.arch")
+    parser.add_argument("--size", type=int, help="override preprocess.image_size")
+    parser.add_argument("--patch", type=int, help="override train.segmenter.patch_size")
+    parser.add_argument("--json", help="also write the metrics here")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+
+    import torch
+
+    from radflow import evaluate, segmentation
+    from radflow import params as params_mod
+
+    torch.set_num_threads(args.threads)
+    os.chdir(ROOT)  # the profile's ../shared paths are relative to the project root
+    params = params_mod.merge(
+        params_mod.read_yaml(ROOT / "params.yaml"), params_mod.read_yaml(Path(args.profile))
+    )
+    if args.arch:
+        params["train"]["segmenter"]["arch"] = args.arch
+    if args.size:
+        params["preprocess"]["image_size"] = args.size
+    if args.patch is not None:
+        params["train"]["segmenter"]["patch_size"] = args.patch
+    params_mod.validate(params, args.profile)
+    seed, cfg = params["seed"], params["train"]["segmenter"]
+    images, masks, tumour, patients = load_arrays(params)
+    train_idx, val_idx, held_idx = split_patients(tumour, patients, args.held_out, args.val, seed)
+    print(
+        f"{len(images)} slices, {len(np.unique(patients))} patients: train "
+        f"{len(np.unique(patients[train_idx]))}, val {len(np.unique(patients[val_idx]))}, "
+        f"held-out {len(np.unique(patients[held_idx]))} patients "
+        f"({len(held_idx)} slices, {int(tumour[held_idx].sum())} with tumour)",
+        flush=True,
+    )
+    per_epoch = seconds_per_epoch(images, masks, train_idx, val_idx, params["train"], seed)
+    elapsed = time.perf_counter() - start
+    reserve = 90.0  # evaluation, bootstrap, model build
+    spare = 0.93  # the estimate from a few steps runs a little fast
+    budget = (args.budget_min * 60 - elapsed - reserve) * spare
+    epochs = args.epochs or max(1, int(budget / per_epoch))
+    cfg["epochs"] = epochs
+    print(f"about {per_epoch:.0f} s per epoch -> {epochs} epochs", flush=True)
+    result, origin = segmentation.train_segmenter(
+        images, masks, train_idx, val_idx, params["train"], seed
+    )
+    model, _ = segmentation.build_segmenter(cfg, pretrained=False)
+    model.load_state_dict(result.state)
+    stored = segmentation.settings(cfg)
+    pred, probs = segmentation.predict_masks(model, images[held_idx], stored)
+    truth = masks[held_idx] > 0
+    ev = params["evaluate"]
+    summary, _ = evaluate.segmentation_metrics(
+        pred, truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=patients[held_idx]
+    )
+    raw = None
+    if stored["postprocess"]["min_size"] or stored["postprocess"]["largest_component"]:
+        plain = probs >= stored["postprocess"]["threshold"]
+        raw, _ = evaluate.segmentation_metrics(
+            plain, truth, ev["bootstrap_samples"], ev["ci_level"], seed,
+            patients=patients[held_idx],
+        )  # fmt: skip
+    wall = time.perf_counter() - start
+    info = {
+        "epochs": epochs, "sec_per_epoch": float(result.history["seconds"].mean()),
+        "threads": args.threads, "device": result.device,
+    }  # fmt: skip
+    print(
+        f"\nLGG FLAIR segmentation, {stored['arch']} ({origin}), "
+        f"{params['preprocess']['image_size']} px, best epoch {result.best_epoch}/{epochs} "
+        f"(val Dice {result.best_metric:.3f}), post-processing {stored['postprocess']}\n"
+    )
+    print(table(summary, raw, wall, info))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"summary": summary, "no_postprocess": raw, "wall_s": wall, **info}, indent=1
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
