@@ -196,3 +196,18 @@ def test_a_checkpoint_from_other_data_is_not_resumed(tmp_path, monkeypatch):
                                        0, checkpoint)  # fmt: skip
     assert list(result.history["epoch"]) == [1, 2]
     assert result.history["train_loss"].iloc[0] != old_first  # epoch 1 was trained anew
+
+
+def test_channels_last_layout_gives_the_same_predictions():
+    import copy
+
+    net = models.build_classifier("tf_efficientnet_lite0", None, 3)[0].eval()
+    fast = models.fast_layout(copy.deepcopy(net)).eval()
+    # channel stride 1 is what makes convolutions take the channels-last kernels (with one
+    # input channel, is_contiguous() is true for both layouts)
+    assert fast.conv_stem.weight.stride(1) == 1 and net.conv_stem.weight.stride(1) == 9
+    images = torch.randint(0, 256, (2, 64, 64), dtype=torch.uint8)
+    x = models.normalise_batch(images)
+    assert x.stride(1) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x.contiguous()), rtol=1e-4, atol=1e-4)

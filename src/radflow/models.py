@@ -91,7 +91,7 @@ def normalise_batch(images_uint8: torch.Tensor) -> torch.Tensor:
     x = images_uint8.float() / 255.0
     if x.ndim == 3:
         x = x[:, None]
-    return ((x - MEAN) / STD).contiguous(memory_format=torch.channels_last)
+    return ((x - MEAN) / STD).to(memory_format=torch.channels_last)
 
 
 def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
