@@ -84,7 +84,14 @@ from radflow.anonymise_pixels import (
     matching_rule,
     rules_from_params,
 )
-from radflow.anonymise_profile import DESCRIPTORS, Options, Profile, build_profile, tags_for
+from radflow.anonymise_profile import (
+    DESCRIPTORS,
+    OPTION_NAMES,
+    Options,
+    Profile,
+    build_profile,
+    tags_for,
+)
 from radflow.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -941,16 +948,6 @@ def _refuse_overlap(in_dir: Path, out_dir: Path) -> None:
     src, dst = in_dir.resolve(), out_dir.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise ValueError(f"--out {out_dir} must not be inside --in {in_dir} or contain it")
-
-
-OPTION_NAMES = (
-    "retain_longitudinal_temporal",
-    "retain_patient_characteristics",
-    "retain_device_identity",
-    "retain_institution_identity",
-    "retain_uids",
-    "clean_descriptors",
-)
 
 
 def describe(settings: Settings) -> str:

@@ -143,6 +143,17 @@ class SafePrivate:
     element: int  # the low byte (xx of gggg,yyxx)
 
 
+# The PS3.15 options radflow offers, by their params key (and Options field) name.
+OPTION_NAMES = (
+    "retain_longitudinal_temporal",
+    "retain_patient_characteristics",
+    "retain_device_identity",
+    "retain_institution_identity",
+    "retain_uids",
+    "clean_descriptors",
+)
+
+
 @dataclass(frozen=True)
 class Options:
     retain_longitudinal_temporal: bool = True
@@ -164,18 +175,7 @@ class Options:
         for entry in safe:
             if not entry.group & 1 or not 0 <= entry.element <= 0xFF:
                 raise ValueError(f"anonymise.safe_private_tags: not a private element: {entry}")
-        flags = {
-            name: bool(params[name])
-            for name in (
-                "retain_longitudinal_temporal",
-                "retain_patient_characteristics",
-                "retain_device_identity",
-                "retain_institution_identity",
-                "retain_uids",
-                "clean_descriptors",
-            )
-            if params.get(name) is not None
-        }
+        flags = {name: bool(params[name]) for name in OPTION_NAMES if params.get(name) is not None}
         edition = str(params.get("table_edition") or DEFAULT_EDITION)
         return cls(**flags, safe_private_tags=safe, edition=edition)
 

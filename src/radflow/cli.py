@@ -381,7 +381,7 @@ def _evaluate_segmenter(
 ) -> tuple[dict[str, Any] | None, pd.DataFrame, dict[str, bytes]]:
     """Test-set segmentation metrics (per slice and per patient), the per-image table and
     overlay PNGs of the best, median and worst lesion cases."""
-    from radflow import evaluate, models, segmentation, train
+    from radflow import models, segmentation, train
 
     empty = pd.DataFrame(
         columns=["image_id", "patient_key", "dice", "iou", "hd95", "truth_empty", "pred_empty"]
@@ -393,29 +393,9 @@ def _evaluate_segmenter(
     if rows.empty:
         return None, empty, {}
     model, meta = models.load_model(seg_dir)
-    idx = rows["array_index"].to_numpy()
-    pred, _ = segmentation.predict_masks(model, images[idx], meta)
-    truth = masks[idx] > 0
-    summary, table = evaluate.segmentation_metrics(
-        pred, truth, ev["bootstrap_samples"], ev["ci_level"], seed,
-        patients=rows["patient_key"].to_numpy(),
-    )  # fmt: skip
-    table = table.drop(columns="index")
-    table.insert(0, "patient_key", rows["patient_key"].to_numpy())
-    table.insert(0, "image_id", rows["image_id"].to_numpy())
-    overlays, cases = {}, []
-    dice, iou = table["dice"].to_numpy(), table["iou"].to_numpy()
-    for case in segmentation.pick_cases(dice, iou, ~table["truth_empty"].to_numpy()):
-        name = f"overlays/{case.rank}.png"
-        i = case.position
-        overlays[name] = segmentation.overlay_png(images[idx[i]], truth[i], pred[i])
-        cases.append(
-            {"rank": case.rank, "image_id": str(rows["image_id"][i]), "dice": case.dice,
-             "iou": case.iou, "hd95": evaluate._finite_or_none(table["hd95"][i]), "file": name}
-        )  # fmt: skip
-    summary["cases"] = cases
-    summary["settings"] = {k: meta.get(k) for k in ("arch", "inference", "postprocess")}
-    return summary, table, overlays
+    return segmentation.score_test_cases(
+        model, meta, images, masks, rows, ev["bootstrap_samples"], ev["ci_level"], seed
+    )
 
 
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import timm
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -411,3 +412,42 @@ def pick_cases(dice: np.ndarray, iou: np.ndarray, lesion: np.ndarray) -> list[Ca
     order = candidates[np.lexsort((candidates, -dice[candidates]))]
     picks = {"best": order[0], "median": order[(len(order) - 1) // 2], "worst": order[-1]}
     return [Case(k, int(v), float(dice[v]), float(iou[v])) for k, v in picks.items()]
+
+
+def score_test_cases(
+    model: torch.nn.Module,
+    meta: Mapping[str, Any],
+    images: np.ndarray,
+    masks: np.ndarray,
+    rows: pd.DataFrame,
+    n_boot: int,
+    ci_level: float,
+    seed: int,
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, bytes]]:
+    """Segmentation metrics (per slice and per patient) for the test rows (image_id,
+    patient_key, array_index), the per-image table and overlay PNGs of the best, median and
+    worst lesion cases."""
+    from radflow import evaluate
+
+    idx = rows["array_index"].to_numpy()
+    pred, _ = predict_masks(model, images[idx], meta)
+    truth = masks[idx] > 0
+    summary, table = evaluate.segmentation_metrics(
+        pred, truth, n_boot, ci_level, seed, patients=rows["patient_key"].to_numpy()
+    )
+    table = table.drop(columns="index")
+    table.insert(0, "patient_key", rows["patient_key"].to_numpy())
+    table.insert(0, "image_id", rows["image_id"].to_numpy())
+    overlays, cases = {}, []
+    dice, iou = table["dice"].to_numpy(), table["iou"].to_numpy()
+    for case in pick_cases(dice, iou, ~table["truth_empty"].to_numpy()):
+        name = f"overlays/{case.rank}.png"
+        i = case.position
+        overlays[name] = overlay_png(images[idx[i]], truth[i], pred[i])
+        cases.append(
+            {"rank": case.rank, "image_id": str(rows["image_id"][i]), "dice": case.dice,
+             "iou": case.iou, "hd95": evaluate._finite_or_none(table["hd95"][i]), "file": name}
+        )  # fmt: skip
+    summary["cases"] = cases
+    summary["settings"] = {k: meta.get(k) for k in ("arch", "inference", "postprocess")}
+    return summary, table, overlays
