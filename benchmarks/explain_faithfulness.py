@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cam-layer", default="auto", help="Grad-CAM layer (module name)")
+    parser.add_argument(
+        "--cam-layer", default="auto", help="Grad-CAM layer: auto, features or a module name"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.dataset == "demo":
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.steps,
         args.tolerance,
-        args.cam_layer,
+        explain.cam_layer_for(args.cam_layer, meta),
     )
     print(f"dataset {args.dataset}, {len(images)} lesion images, model {args.model}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights in tests
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from radflow import explain as ex  # noqa: E402
@@ -182,6 +183,29 @@ def test_cam_layer_by_name_is_used_and_a_wrong_name_is_an_error(model, batch):
     assert not np.allclose(by_name, auto)
     with pytest.raises(ValueError, match="cam_layer 'nope'"):
         ex.explain(model, images, [1, 1], "gradcam", seed=0, cam_layer="nope")
+
+
+def test_gradcam_on_the_feature_layer_is_the_class_activation_map_lesion_attention_trains():
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2, in_chans=1)
+    net.eval()
+    assert ex.find_target_layer(net, "features") is net.bn2
+    images = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cam = torch.relu(torch.einsum("bchw,c->bhw", net.forward_features(images),
+                                      net.get_classifier().weight[1]))  # fmt: skip
+    maps = ex.explain(net, images, [1, 1], "gradcam", seed=0, cam_layer="features")
+    pooled = F.adaptive_avg_pool2d(torch.from_numpy(maps)[:, None], cam.shape[-2:])[:, 0]
+    for ours, theirs in zip(pooled, cam, strict=True):
+        assert np.corrcoef(ours.flatten(), theirs.flatten())[0, 1] > 0.9
+
+
+def test_auto_cam_layer_is_the_feature_layer_only_for_lesion_attention_models(model):
+    assert ex.cam_layer_for("auto", {"lesion_attention": 1.0}) == "features"
+    assert ex.cam_layer_for("auto", {"lesion_attention": 0.0}) == "auto"
+    assert ex.cam_layer_for("blocks.5", {"lesion_attention": 1.0}) == "blocks.5"
+    with pytest.raises(ValueError, match="features"):
+        ex.find_target_layer(model, "features")  # a plain Sequential has no feature layer
 
 
 # --------------------------------------------------------------------- faithfulness

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 from conftest import write_png
 
@@ -211,3 +212,87 @@ def test_channels_last_layout_gives_the_same_predictions():
     assert x.stride(1) == 1
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x.contiguous()), rtol=1e-4, atol=1e-4)
+
+
+def _confounded(n=32, size=128, seed=0):
+    """Positives carry a lesion (masked) and a bright left border, a shortcut that predicts
+    the label just as well; negatives carry neither."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+    lesions = np.zeros_like(images)
+    labels = np.arange(n) % 2
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(size // 2, size - 48, 2)
+        images[i, y : y + 48, x : x + 48] = 220
+        lesions[i, y : y + 48, x : x + 48] = 1
+        images[i, :, :16] = 255
+    return images, lesions, labels
+
+
+def test_outside_lesion_fraction_counts_class_evidence_outside_the_lesion_only():
+    head = torch.nn.Linear(2, 2, bias=False)
+    head.weight.data = torch.eye(2)
+    features = torch.zeros(3, 2, 4, 4)
+    features[:, 1, 0, 0] = 1.0  # class 1 evidence in the top-left cell only
+    masks = torch.zeros(3, 1, 8, 8)
+    masks[0, 0, :2, :2] = 1  # the lesion covers that cell
+    masks[1, 0, 6:, 6:] = 1  # the lesion is elsewhere; image 2 has none
+    targets = torch.ones(3, dtype=torch.long)
+
+    def outside(rows: slice) -> float:
+        fraction = train.outside_lesion_fraction(features[rows], head, targets[rows], masks[rows])
+        return float(fraction)
+
+    assert outside(slice(0, 1)) == pytest.approx(0.0)
+    assert outside(slice(1, 2)) == pytest.approx(1.0)
+    assert outside(slice(0, 3)) == pytest.approx(0.5)  # image 2, without a lesion, does not count
+    assert outside(slice(2, 3)) == 0.0
+
+
+def test_lesion_attention_moves_class_evidence_onto_the_lesion():
+    images, lesions, labels = _confounded()
+    cfg = {**TRAIN, "augment": {}}
+    cfg["classifier"] = {**TRAIN["classifier"], "epochs": 8, "lr": 3e-3}
+    positives = np.flatnonzero(labels)
+
+    def outside_after_training(weight: float) -> float:
+        cfg["classifier"]["lesion_attention"] = weight
+        result, _ = train.train_classifier(
+            images, labels, np.arange(24), np.arange(24, 32), 2, cfg, 0, None, lesions
+        )
+        model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
+        model.load_state_dict(result.state)
+        model.eval()
+        with torch.no_grad():
+            features = model.forward_features(
+                models.normalise_batch(torch.from_numpy(images[positives]))
+            )
+            return float(
+                train.outside_lesion_fraction(
+                    features,
+                    model.get_classifier(),
+                    torch.ones(len(positives), dtype=torch.long),
+                    torch.from_numpy(lesions[positives])[:, None],
+                )
+            )
+
+    plain, attended = outside_after_training(0.0), outside_after_training(5.0)
+    assert attended < plain - 0.15
+
+
+def test_lesion_attention_without_any_lesion_is_a_clear_error():
+    images, _, labels = _squares()
+    cfg = {**TRAIN, "classifier": {**TRAIN["classifier"], "lesion_attention": 1.0}}
+    with pytest.raises(ValueError, match="lesion_attention"):
+        train.train_classifier(
+            images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0, None,
+            np.zeros_like(images),
+        )  # fmt: skip
+
+
+def test_lesion_attention_refuses_a_head_that_is_not_pooling_then_linear():
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=2, in_chans=1)
+    with pytest.raises(ValueError, match="pooling then one linear layer"):
+        models.linear_head(model)
+    lite0, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
+    assert models.linear_head(lite0) is lite0.get_classifier()

@@ -443,3 +443,15 @@ def test_cards_of_explanations_follow_the_method_ranking():
         {"gradcam": 1, "saliency": 2},
     )
     assert [c["method"] for c in cards] == ["gradcam", "saliency"]
+
+
+def test_page_says_when_the_classifier_was_trained_to_look_at_lesions(page):
+    assert 'id="lesion-attention-note"' not in page
+    context = _context()
+    context["meta"] = {**context["meta"], "lesion_attention": 1.0}
+    note = re.search(
+        r'<p class="note" id="lesion-attention-note">(.*?)</p>',
+        rp.render_modality_page(context),
+        re.S,
+    )
+    assert note is not None and "weight 1.0" in note.group(1)

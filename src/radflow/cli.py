@@ -236,16 +236,18 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         classes = params_mod.classes_for(params, args.modality, list(index["label"]))
         lookup = {c: i for i, c in enumerate(classes)}
         labels = np.array([lookup[lab] for lab in index["label"]])
+        cfg = params["train"]["classifier"]
+        lesions = _lesion_array(masks, index) if cfg.get("lesion_attention", 0) else None
         result, origin = train.train_classifier(
             images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
-            checkpoint,
+            checkpoint, lesions,
         )  # fmt: skip
-        cfg = params["train"]["classifier"]
         best, _ = models.build_classifier(cfg["backbone"], None, len(classes))
         best.load_state_dict(result.state)
         decision = params["train"].get("decision", {})
         val_logits = train.predict_logits(best, images[val_idx], tta=decision.get("tta", False))
         meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
+        meta |= {"lesion_attention": float(cfg.get("lesion_attention", 0.0))}
         meta |= train.decide(val_logits, labels[val_idx], decision)
     else:
         train_idx = train.with_masks(train_idx, index)
@@ -284,6 +286,16 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         result.best_epoch,
         result.best_metric,
     )
+
+
+def _lesion_array(masks: np.ndarray, index: pd.DataFrame) -> np.ndarray:
+    """0/1 lesion maps (mask, else box) beside the images, zero where an image has none."""
+    from radflow import explain
+
+    lesions = np.zeros(masks.shape, dtype=np.uint8)
+    for i, lesion in explain.lesions_from_index(masks, index).items():
+        lesions[i] = lesion
+    return lesions
 
 
 def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -405,6 +417,7 @@ def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
     cfg, seed = params["explain"], params["seed"]
+    cfg = {**cfg, "cam_layer": explain.cam_layer_for(cfg.get("cam_layer", "auto"), meta)}
     lesions = explain.lesions_from_index(masks, index)
     result = explain.explain_cases(model, images, lesions, predictions, meta["classes"], cfg, seed)
     cases, thumbnails = explain.case_browser(

@@ -117,8 +117,22 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
     return gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
 
 
+# The module whose output forward_features returns: timm EfficientNet / MobileNet, ResNet.
+FEATURE_LAYERS = ("bn2", "layer4")
+
+
+def cam_layer_for(setting: str, meta: dict[str, Any]) -> str:
+    """explain.cam_layer for one model: "auto" becomes "features" when lesion attention
+    trained the model, because that training kept the map of exactly that layer on the lesion
+    (Cheng boxes: pointing 0.78 there against 0.18 on blocks[-2], BENCHMARKS.md)."""
+    if setting == "auto" and float(meta.get("lesion_attention") or 0) > 0:
+        return "features"
+    return setting
+
+
 def find_target_layer(model: nn.Module, name: str = "auto") -> nn.Module:
-    """Grad-CAM layer: a module by name, or "auto": the second-to-last block stage of a timm
+    """Grad-CAM layer: a module by name; "features": the last feature layer (the input of
+    the pooling head, FEATURE_LAYERS); or "auto": the second-to-last block stage of a timm
     EfficientNet (7x7 at 224 px), else the last nn.Conv2d.
 
     Measured on the demo MRI and the Cheng tumour boxes (BENCHMARKS.md): maps from
@@ -126,6 +140,14 @@ def find_target_layer(model: nn.Module, name: str = "auto") -> nn.Module:
     often and is at least as faithful by deletion and insertion. "Last" is the order in
     ``model.modules()``, which is forward order for timm and torchvision classifiers.
     """
+    if name == "features":
+        for attr in FEATURE_LAYERS:
+            if isinstance(getattr(model, attr, None), nn.Module):
+                return getattr(model, attr)
+        raise ValueError(
+            f"explain.cam_layer features: the model has none of {', '.join(FEATURE_LAYERS)}; "
+            "name its last feature module instead"
+        )
     if name != "auto":
         try:
             return model.get_submodule(name)

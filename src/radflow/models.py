@@ -46,6 +46,30 @@ def build_classifier(
     return model, origin
 
 
+def linear_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The classifier's last layer when the head is global average pooling then one linear
+    layer (EfficientNet, ResNet): the class activation map is then that layer applied at
+    every position of forward_features, which lesion attention training needs."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    probe_ok = False
+    if isinstance(head, torch.nn.Linear) and hasattr(model, "forward_head"):
+        features = torch.randn(2, head.in_features, 3, 3)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            probe_ok = torch.allclose(
+                model.forward_head(features), head(features.mean((2, 3))), atol=1e-5
+            )
+        model.train(was_training)
+    if not probe_ok:
+        raise ValueError(
+            f"{type(model).__name__}: train.classifier.lesion_attention needs a backbone whose "
+            "head is global average pooling then one linear layer (e.g. tf_efficientnet_lite0, "
+            "resnet50); set lesion_attention to 0 for this backbone"
+        )
+    return head
+
+
 def build_segmenter(cfg: dict[str, Any] | list[int]) -> torch.nn.Module:
     """The segmenter architecture from train.segmenter (or meta.json), untrained; a list is
     the channels of the plain U-Net. radflow.segmentation builds it (and the weights)."""

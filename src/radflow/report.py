@@ -583,6 +583,7 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "params_hash": metrics.get("params_hash") or meta.get("params_hash") or "n/a",
         "model_params_hash": meta.get("params_hash"),
         "weights_origin": meta.get("weights_origin") or "n/a",
+        "lesion_attention": meta.get("lesion_attention") or 0,
         "git_revision": context.get("git_revision") or meta.get("git_revision") or "unknown",
         "arch": meta.get("arch"),
         "best_epoch": meta.get("best_epoch"),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from monai.transforms import (
     Compose,
     RandAdjustContrastd,
@@ -32,7 +33,7 @@ from monai.utils import convert_to_tensor, set_determinism
 from sklearn.metrics import roc_auc_score
 
 from radflow.fileio import atomic_write
-from radflow.models import build_classifier, fast_layout, normalise_batch
+from radflow.models import build_classifier, fast_layout, linear_head, normalise_batch
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,21 @@ def _save_checkpoint(
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def outside_lesion_fraction(
+    features: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    """The share of the true class's positive activation map (CAM: the linear head applied at
+    every feature position) that lies outside the lesion, averaged over the images that have
+    a lesion; 0 when none has. Penalising it teaches the network to decide from the lesion."""
+    cam = torch.relu(torch.einsum("bchw,bc->bhw", features.float(), head.weight[targets].float()))
+    inside = F.adaptive_avg_pool2d(masks.float(), cam.shape[-2:])[:, 0]
+    has_lesion = masks.flatten(1).amax(1) > 0
+    if not bool(has_lesion.any()):
+        return cam.sum() * 0.0
+    outside = (cam * (1 - inside)).flatten(1).sum(1) / (cam.flatten(1).sum(1) + 1e-6)
+    return outside[has_lesion].mean()
+
+
 def train_classifier(
     images: np.ndarray,
     labels: np.ndarray,
@@ -285,26 +301,44 @@ def train_classifier(
     train_params: dict[str, Any],
     seed: int,
     checkpoint: Path | None = None,
+    lesions: np.ndarray | None = None,
 ) -> tuple[TrainResult, str]:
-    """Fine-tune from pretrained weights; returns the result and the weights' origin."""
+    """Fine-tune from pretrained weights; returns the result and the weights' origin.
+
+    lesions: 0/1 uint8 (N, H, W) beside images (all zero where an image has none), used
+    when train.classifier.lesion_attention > 0 to keep the class evidence on the lesion."""
     seed_everything(seed)
     cfg = train_params["classifier"]
+    attention = float(cfg.get("lesion_attention", 0.0))
+    if attention and (lesions is None or not lesions[train_idx].any()):
+        raise ValueError(
+            "train.classifier.lesion_attention is above 0 but no training image has a lesion "
+            "mask or box (data.boxes, or the mask column); set it to 0 or give the lesions"
+        )
     device = select_device(train_params.get("device", "auto"))
     model, origin = build_classifier(
         cfg["backbone"], cfg["weights"], num_classes, cfg.get("allow_download", False)
     )
     model.to(device)
+    head = linear_head(model) if attention else None
     x_train = torch.from_numpy(images[train_idx])
     y_train = torch.from_numpy(labels[train_idx]).long()
+    m_train = torch.from_numpy(lesions[train_idx]) if attention else None
     counts = torch.bincount(y_train, minlength=num_classes).float().clamp(min=1)
     weight = (counts.sum() / (num_classes * counts)).to(device)
     criterion = torch.nn.CrossEntropyLoss(weight=weight)
-    transform = augmentations(train_params.get("augment", {}), with_mask=False)
+    transform = augmentations(train_params.get("augment", {}), with_mask=bool(attention))
 
     def step(batch: np.ndarray, _: bool) -> tuple[torch.Tensor, Any]:
-        x01, _m = _augment_batch(x_train[batch], None, transform)
-        logits = model(_to_model(x01).to(device))
-        return criterion(logits, y_train[batch].to(device)), logits
+        x01, m = _augment_batch(x_train[batch], m_train[batch] if attention else None, transform)
+        y = y_train[batch].to(device)
+        if head is None:
+            logits = model(_to_model(x01).to(device))
+            return criterion(logits, y), logits
+        features = model.forward_features(_to_model(x01).to(device))
+        logits = model.forward_head(features)
+        outside = outside_lesion_fraction(features, head, y, m.to(device))
+        return criterion(logits, y) + attention * outside, logits
 
     x_val, y_val = torch.from_numpy(images[val_idx]), labels[val_idx]
 
@@ -312,7 +346,10 @@ def train_classifier(
         probs, loss = _predict(model, x_val, device, torch.from_numpy(y_val).long(), criterion)
         return loss, _auc(y_val, probs)
 
-    key = fingerprint(train_params, seed, images[train_idx], labels[train_idx], val_idx)
+    data = [images[train_idx], labels[train_idx], val_idx]
+    if attention:
+        data.append(lesions[train_idx])
+    key = fingerprint(train_params, seed, *data)
     result = _fit(model, step, validate, len(train_idx), cfg, device, seed, checkpoint, key)
     return result, origin
 
