@@ -61,7 +61,7 @@ def folds(index: pd.DataFrame, k: int, seed: int) -> list[pd.DataFrame]:
     from radflow import split
 
     outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    labels, groups = index["label"].to_numpy(), index["patient_key"].to_numpy()
+    labels, groups = index["label"].to_numpy(), split.stable_groups(index)
     tables = []
     for fold, (_, test) in enumerate(outer.split(np.zeros(len(index)), labels, groups)):
         is_test = np.zeros(len(index), bool)

@@ -75,6 +75,18 @@ def test_split_never_puts_a_patient_in_two_sets():
     assert (table.groupby("patient_key")["split"].nunique() == 1).all()
 
 
+def test_split_does_not_move_an_image_when_the_pseudonymisation_key_changes():
+    index = _index()
+    renamed = index.copy()  # another key: other pseudonyms, in another sorted order
+    rng = np.random.default_rng(5)
+    names = {p: f"RF-{rng.integers(1 << 40):010x}" for p in index["patient_key"].unique()}
+    renamed["patient_key"] = renamed["patient_key"].map(names)
+    a = split.assign_splits(index, 0.15, 0.15, seed=1)
+    b = split.assign_splits(renamed, 0.15, 0.15, seed=1)
+    assert (a["split"] == b["split"]).all()
+    assert (b.groupby("patient_key")["split"].nunique() == 1).all()
+
+
 def test_split_is_stratified_and_follows_the_fractions():
     table = split.assign_splits(_index(60), 0.15, 0.15, seed=1)
     shares = table["split"].value_counts(normalize=True)

@@ -53,7 +53,7 @@ def linear_head(model: torch.nn.Module) -> torch.nn.Linear:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     probe_ok = False
     if isinstance(head, torch.nn.Linear) and hasattr(model, "forward_head"):
-        features = torch.randn(2, head.in_features, 3, 3)
+        features = torch.randn(2, head.in_features, 3, 3, device=head.weight.device)
         was_training = model.training
         model.eval()
         with torch.no_grad():

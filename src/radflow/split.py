@@ -13,6 +13,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 SPLITS = ("train", "val", "test")
 
 
+def stable_groups(index: pd.DataFrame) -> np.ndarray:
+    """Each row's patient named by the smallest image_id among its images (a hash of the
+    source file, kept by anonymisation), so the split depends on the images and the seed
+    only: a new pseudonymisation key renames the patients but moves no image."""
+    return index.groupby("patient_key")["image_id"].transform("min").to_numpy()
+
+
 def take_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of one stratified group fold holding about `fraction` of the rows."""
     n_groups = len(np.unique(groups))
@@ -63,7 +70,7 @@ def assign_splits(
             "add data or lower the number of modalities"
         )
     labels = index["label"].to_numpy()
-    groups = index["patient_key"].to_numpy()
+    groups = stable_groups(index)
     full = len(SPLITS) * len(np.unique(labels))
     best, best_cover = None, -1
     for attempt in range(attempts):
