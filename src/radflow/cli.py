@@ -237,7 +237,11 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         lookup = {c: i for i, c in enumerate(classes)}
         labels = np.array([lookup[lab] for lab in index["label"]])
         cfg = params["train"]["classifier"]
-        lesions = _lesion_array(masks, index) if cfg.get("lesion_attention", 0) else None
+        lesions = None
+        if cfg.get("lesion_attention", 0):
+            from radflow import explain
+
+            lesions = explain.lesion_maps(masks, index)
         result, origin = train.train_classifier(
             images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
             checkpoint, lesions,
@@ -286,16 +290,6 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         result.best_epoch,
         result.best_metric,
     )
-
-
-def _lesion_array(masks: np.ndarray, index: pd.DataFrame) -> np.ndarray:
-    """0/1 lesion maps (mask, else box) beside the images, zero where an image has none."""
-    from radflow import explain
-
-    lesions = np.zeros(masks.shape, dtype=np.uint8)
-    for i, lesion in explain.lesions_from_index(masks, index).items():
-        lesions[i] = lesion
-    return lesions
 
 
 def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:

@@ -520,6 +520,15 @@ def lesions_from_index(masks: np.ndarray, index: pd.DataFrame) -> dict[int, np.n
     return lesions
 
 
+def lesion_maps(masks: np.ndarray, index: pd.DataFrame) -> np.ndarray:
+    """:func:`lesions_from_index` as 0/1 uint8 maps beside the images (zero where an image
+    has no lesion): what lesion attention training reads."""
+    maps = np.zeros(masks.shape, dtype=np.uint8)
+    for i, lesion in lesions_from_index(masks, index).items():
+        maps[i] = lesion
+    return maps
+
+
 def pointing_game_boxes(
     heatmap: np.ndarray, boxes: np.ndarray, tolerance: float = 0.03
 ) -> bool | None:
