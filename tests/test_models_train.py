@@ -296,3 +296,27 @@ def test_lesion_attention_refuses_a_head_that_is_not_pooling_then_linear():
         models.linear_head(model)
     lite0, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
     assert models.linear_head(lite0) is lite0.get_classifier()
+
+
+def test_output_stride_16_doubles_the_feature_map_keeps_the_weights_and_reloads(tmp_path):
+    coarse, _ = models.build_classifier("tf_efficientnet_lite0", "packaged", 3)
+    fine, _ = models.build_classifier("tf_efficientnet_lite0", "packaged", 3, output_stride=16)
+    for (name, a), b in zip(coarse.state_dict().items(), fine.state_dict().values(), strict=True):
+        if not name.startswith("classifier"):
+            assert torch.equal(a, b), name
+    x = torch.zeros(1, 1, 64, 64)
+    fine.eval()
+    coarse.eval()
+    assert fine.forward_features(x).shape[-1] == 2 * coarse.forward_features(x).shape[-1]
+    meta = {"task": "classifier", "arch": "tf_efficientnet_lite0", "classes": list("abc")}
+    models.save_model(tmp_path, fine.state_dict(), meta | {"output_stride": 16}, pd.DataFrame())
+    loaded, _ = models.load_model(tmp_path)
+    assert loaded.forward_features(x).shape == fine.forward_features(x).shape
+
+
+def test_keep_last_returns_the_final_epoch_whatever_the_validation_says():
+    images, _, labels = _squares()
+    cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 3, "keep": "last"}}
+    result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
+    assert result.best_epoch == 3
+    assert result.best_metric == result.history["val_metric"].iloc[-1]

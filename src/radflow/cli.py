@@ -246,12 +246,14 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
             images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
             checkpoint, lesions,
         )  # fmt: skip
-        best, _ = models.build_classifier(cfg["backbone"], None, len(classes))
+        stride = cfg.get("output_stride", 32)
+        best, _ = models.build_classifier(cfg["backbone"], None, len(classes), output_stride=stride)
         best.load_state_dict(result.state)
         decision = params["train"].get("decision", {})
         val_logits = train.predict_logits(best, images[val_idx], tta=decision.get("tta", False))
         meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
         meta |= {"lesion_attention": float(cfg.get("lesion_attention", 0.0))}
+        meta |= {"output_stride": stride}
         meta |= train.decide(val_logits, labels[val_idx], decision)
     else:
         train_idx = train.with_masks(train_idx, index)

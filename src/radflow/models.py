@@ -18,18 +18,26 @@ STD = 0.5
 
 
 def build_classifier(
-    backbone: str, weights: str | None, num_classes: int, allow_download: bool = False
+    backbone: str,
+    weights: str | None,
+    num_classes: int,
+    allow_download: bool = False,
+    output_stride: int = 32,
 ) -> tuple[torch.nn.Module, str]:
-    """A timm classifier on one grey channel; weights=None builds an untrained net."""
+    """A timm classifier on one grey channel; weights=None builds an untrained net.
+
+    output_stride 16 dilates the last stages instead of striding (same weights): the
+    feature map, and so Grad-CAM and the lesion-attention map, is twice as fine."""
+    shape = {"num_classes": num_classes, "in_chans": 1}
+    if output_stride != 32:  # not every timm model takes the argument
+        shape["output_stride"] = output_stride
     if weights is None:
-        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=1)
+        model = timm.create_model(backbone, pretrained=False, **shape)
         return model, "none (architecture only)"
     if weights == weights_mod.HUB:
         origin = weights_mod.check_hub_allowed(backbone, allow_download)
         try:
-            model = timm.create_model(
-                backbone, pretrained=True, num_classes=num_classes, in_chans=1
-            )
+            model = timm.create_model(backbone, pretrained=True, **shape)
         except Exception as exc:  # timm / huggingface_hub raise many kinds
             raise weights_mod.WeightsError(
                 f"could not get {backbone} weights from the Hugging Face hub: {exc}"
@@ -40,8 +48,7 @@ def build_classifier(
         backbone,
         pretrained=True,
         pretrained_cfg_overlay=dict(file=str(path)),
-        num_classes=num_classes,
-        in_chans=1,
+        **shape,
     )
     return model, origin
 
@@ -102,7 +109,8 @@ def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     if not meta.get("trained", True):
         raise ValueError(f"{model_dir} holds no trained model: {meta.get('reason', '')}")
     if meta["task"] == "classifier":
-        model, _ = build_classifier(meta["arch"], None, len(meta["classes"]))
+        stride = meta.get("output_stride", 32)
+        model, _ = build_classifier(meta["arch"], None, len(meta["classes"]), output_stride=stride)
     else:
         model = build_segmenter(meta)
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)

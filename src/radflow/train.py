@@ -184,8 +184,9 @@ def _fit(
     checkpoint: Path | None = None,
     run_key: str = "",
 ) -> TrainResult:
-    """The shared epoch loop: warm-up + cosine, AMP on CUDA, best-epoch deep copy, early
-    stopping (cfg patience), and a per-epoch checkpoint to resume after an interruption."""
+    """The shared epoch loop: warm-up + cosine, AMP on CUDA, best-epoch deep copy (or the last
+    epoch's, cfg keep: last, where a small validation set cannot rank epochs), early stopping
+    (cfg patience), and a per-epoch checkpoint to resume after an interruption."""
     fast_layout(model)
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg["lr"], cfg.get("backbone_lr_scale", 1.0)),
@@ -225,7 +226,7 @@ def _fit(
         val_loss, val_metric = validate()
         # Higher metric wins; on a tie (small validation sets saturate) the lower loss does.
         score = (val_metric if not math.isnan(val_metric) else -math.inf, -val_loss)
-        if score > state["best_score"]:
+        if cfg.get("keep", "best") == "last" or score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch
             state["best_state"] = copy.deepcopy(
                 {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -317,7 +318,11 @@ def train_classifier(
         )
     device = select_device(train_params.get("device", "auto"))
     model, origin = build_classifier(
-        cfg["backbone"], cfg["weights"], num_classes, cfg.get("allow_download", False)
+        cfg["backbone"],
+        cfg["weights"],
+        num_classes,
+        cfg.get("allow_download", False),
+        cfg.get("output_stride", 32),
     )
     model.to(device)
     head = linear_head(model) if attention else None
