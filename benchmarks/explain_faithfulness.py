@@ -85,12 +85,15 @@ def evaluate(
     steps: int,
     tolerance: float,
     cam_layer: str = "auto",
-) -> pd.DataFrame:
+    curves: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per method, one row per method and image: hit and energy)."""
     x = models.normalise_batch(torch.from_numpy(images))
+    nan = [{"deletion_auc": np.nan, "insertion_auc": np.nan}] * len(x)
     baselines = [
         explain.random_baseline(model, x[j], targets[j], seed + j, 3, steps) for j in range(len(x))
-    ]
-    rows = []
+    ] if curves else nan  # fmt: skip
+    rows, per_image = [], []
     for method in methods:
         start = time.perf_counter()
         maps = np.concatenate(
@@ -104,12 +107,19 @@ def evaluate(
         seconds = time.perf_counter() - start
         hits = [explain.pointing_game(maps[j], lesions[j], tolerance) for j in range(len(x))]
         energy = [explain.energy_in_lesion(maps[j], lesions[j]) for j in range(len(x))]
-        deletion = [
-            explain.deletion_auc(model, x[j], targets[j], maps[j], steps) for j in range(len(x))
+        per_image += [
+            {"method": method, "image": j, "hit": hits[j], "energy": energy[j]}
+            for j in range(len(x))
         ]
-        insertion = [
-            explain.insertion_auc(model, x[j], targets[j], maps[j], steps) for j in range(len(x))
-        ]
+        deletion, insertion = [np.nan], [np.nan]
+        if curves:
+            deletion = [
+                explain.deletion_auc(model, x[j], targets[j], maps[j], steps) for j in range(len(x))
+            ]
+            insertion = [
+                explain.insertion_auc(model, x[j], targets[j], maps[j], steps)
+                for j in range(len(x))
+            ]
         rnd_del = float(np.mean([b["deletion_auc"] for b in baselines]))
         rnd_ins = float(np.mean([b["insertion_auc"] for b in baselines]))
         defined = [h for h in hits if h is not None]
@@ -129,7 +139,23 @@ def evaluate(
                 "s_per_image": seconds / len(x),
             }
         )
-    return pd.DataFrame(rows).sort_values("pointing", ascending=False)
+    return pd.DataFrame(rows).sort_values("pointing", ascending=False), pd.DataFrame(per_image)
+
+
+def pointing_by_group(per_image: pd.DataFrame, labels: list[str], lesions: np.ndarray) -> str:
+    """Pointing per class and per quarter of lesion size (the side of a square of its area,
+    in model pixels), one column per method: where the hits are lost."""
+    side = np.sqrt(lesions.reshape(len(lesions), -1).sum(1))
+    quarter = pd.qcut(side, 4, labels=False, duplicates="drop")
+    frames = []
+    for name, key in (("class", np.asarray(labels)), ("size quarter", quarter)):
+        table = per_image.assign(group=key[per_image["image"].to_numpy()]).dropna(subset=["hit"])
+        table = table.assign(hit=table["hit"].astype(float))
+        grouped = table.pivot_table(index="group", columns="method", values="hit", aggfunc="mean")
+        medians = pd.Series(side).groupby(key).median()
+        grouped.index = [f"{name} {g} (median side {medians[g]:.0f} px)" for g in grouped.index]
+        frames.append(grouped)
+    return pd.concat(frames).to_string(float_format=lambda v: f"{v:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cam-layer", default="auto", help="Grad-CAM layer: auto, features or a module name"
     )
+    parser.add_argument(
+        "--localisation-only",
+        action="store_true",
+        help="pointing and energy only, no deletion / insertion curves (seconds, not minutes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.dataset == "demo":
@@ -158,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--dataset demo needs --run")
         args.model = args.model or args.run / "models" / args.modality / "classifier"
         model, meta = models.load_model(args.model)
-        images, lesions, _ = demo_cases(args.run, args.modality, args.limit)
+        images, lesions, labels = demo_cases(args.run, args.modality, args.limit)
         targets = [len(meta["classes"]) - 1] * len(images)  # the lesion (positive) class
     else:
         if not args.model:
@@ -175,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if not len(images):
         print("no images with a lesion to explain", file=sys.stderr)
         return 1
-    table = evaluate(
+    table, per_image = evaluate(
         model,
         meta["classes"],
         images,
@@ -186,9 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         args.steps,
         args.tolerance,
         explain.cam_layer_for(args.cam_layer, meta),
+        curves=not args.localisation_only,
     )
     print(f"dataset {args.dataset}, {len(images)} lesion images, model {args.model}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\npointing game by group:")
+    print(pointing_by_group(per_image, labels, lesions))
     return 0
 
 

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", help="override train.segmenter.arch")
     parser.add_argument("--size", type=int, help="override preprocess.image_size")
     parser.add_argument("--patch", type=int, help="override train.segmenter.patch_size")
+    parser.add_argument("--keep", choices=["best", "last"], help="override train.segmenter.keep")
     parser.add_argument("--json", help="also write the metrics here")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         params["preprocess"]["image_size"] = args.size
     if args.patch is not None:
         params["train"]["segmenter"]["patch_size"] = args.patch
+    if args.keep:
+        params["train"]["segmenter"]["keep"] = args.keep
     params_mod.validate(params, args.profile)
     seed, cfg = params["seed"], params["train"]["segmenter"]
     images, masks, tumour, patients = load_arrays(params)

@@ -320,3 +320,8 @@ def test_keep_last_returns_the_final_epoch_whatever_the_validation_says():
     result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
     assert result.best_epoch == 3
     assert result.best_metric == result.history["val_metric"].iloc[-1]
+
+
+def test_output_stride_on_a_backbone_that_cannot_dilate_is_a_clear_error():
+    with pytest.raises(ValueError, match="output_stride 16: vit_tiny_patch16_224 cannot dilate"):
+        models.build_classifier("vit_tiny_patch16_224", None, 2, output_stride=16)

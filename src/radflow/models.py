@@ -31,6 +31,7 @@ def build_classifier(
     shape = {"num_classes": num_classes, "in_chans": 1}
     if output_stride != 32:  # not every timm model takes the argument
         shape["output_stride"] = output_stride
+        _check_output_stride(backbone, output_stride)
     if weights is None:
         model = timm.create_model(backbone, pretrained=False, **shape)
         return model, "none (architecture only)"
@@ -51,6 +52,17 @@ def build_classifier(
         **shape,
     )
     return model, origin
+
+
+def _check_output_stride(backbone: str, output_stride: int) -> None:
+    try:
+        timm.create_model(backbone, pretrained=False, output_stride=output_stride)
+    except TypeError as exc:
+        raise ValueError(
+            f"train.classifier.output_stride {output_stride}: {backbone} cannot dilate its last "
+            "stages (timm models of the CNN families can, e.g. EfficientNet, ResNet); set it "
+            f"to 32 ({exc})"
+        ) from exc
 
 
 def linear_head(model: torch.nn.Module) -> torch.nn.Linear:
