@@ -325,3 +325,13 @@ def test_keep_last_returns_the_final_epoch_whatever_the_validation_says():
 def test_output_stride_on_a_backbone_that_cannot_dilate_is_a_clear_error():
     with pytest.raises(ValueError, match="output_stride 16: vit_tiny_patch16_224 cannot dilate"):
         models.build_classifier("vit_tiny_patch16_224", None, 2, output_stride=16)
+
+
+def test_early_stopping_still_counts_from_the_best_epoch_when_the_last_is_kept():
+    images, _, labels = _squares()
+    cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 30, "patience": 2}}
+    best, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
+    cfg["classifier"] = cfg["classifier"] | {"keep": "last"}
+    last, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
+    assert len(last.history) == len(best.history) < 30
+    assert last.best_epoch == len(last.history)

@@ -226,8 +226,11 @@ def _fit(
         val_loss, val_metric = validate()
         # Higher metric wins; on a tie (small validation sets saturate) the lower loss does.
         score = (val_metric if not math.isnan(val_metric) else -math.inf, -val_loss)
-        if cfg.get("keep", "best") == "last" or score > state["best_score"]:
-            state["best_score"], state["best_epoch"] = score, epoch
+        improved = score > state["best_score"]
+        if improved:
+            state["best_score"], state["improved_epoch"] = score, epoch
+        if improved or cfg.get("keep", "best") == "last":
+            state["best_epoch"] = epoch  # the kept epoch
             state["best_state"] = copy.deepcopy(
                 {k: v.detach().cpu() for k, v in model.state_dict().items()}
             )
@@ -249,7 +252,7 @@ def _fit(
         )  # fmt: skip
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, rng, state)
-        if patience and epoch - state["best_epoch"] >= patience:
+        if patience and epoch - state.get("improved_epoch", state["best_epoch"]) >= patience:
             break
     assert state["best_state"] is not None
     history = pd.DataFrame(state["rows"])
