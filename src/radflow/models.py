@@ -31,37 +31,36 @@ def build_classifier(
     shape = {"num_classes": num_classes, "in_chans": 1}
     if output_stride != 32:  # not every timm model takes the argument
         shape["output_stride"] = output_stride
-        _check_output_stride(backbone, output_stride)
     if weights is None:
-        model = timm.create_model(backbone, pretrained=False, **shape)
+        model = _create(backbone, pretrained=False, **shape)
         return model, "none (architecture only)"
     if weights == weights_mod.HUB:
         origin = weights_mod.check_hub_allowed(backbone, allow_download)
         try:
-            model = timm.create_model(backbone, pretrained=True, **shape)
+            model = _create(backbone, pretrained=True, **shape)
+        except ValueError:
+            raise
         except Exception as exc:  # timm / huggingface_hub raise many kinds
             raise weights_mod.WeightsError(
                 f"could not get {backbone} weights from the Hugging Face hub: {exc}"
             ) from exc
         return model, origin
     path, origin = weights_mod.resolve(backbone, weights)
-    model = timm.create_model(
-        backbone,
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path)),
-        **shape,
-    )
+    model = _create(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **shape)
     return model, origin
 
 
-def _check_output_stride(backbone: str, output_stride: int) -> None:
+def _create(backbone: str, **kwargs: Any) -> torch.nn.Module:
+    """timm.create_model, with a backbone that cannot take output_stride named as such."""
     try:
-        timm.create_model(backbone, pretrained=False, output_stride=output_stride)
+        return timm.create_model(backbone, **kwargs)
     except TypeError as exc:
+        if "output_stride" not in str(exc):
+            raise
         raise ValueError(
-            f"train.classifier.output_stride {output_stride}: {backbone} cannot dilate its last "
-            "stages (timm models of the CNN families can, e.g. EfficientNet, ResNet); set it "
-            f"to 32 ({exc})"
+            f"train.classifier.output_stride {kwargs['output_stride']}: {backbone} cannot dilate "
+            "its last stages (timm models of the CNN families can, e.g. EfficientNet, ResNet); "
+            f"set it to 32 ({exc})"
         ) from exc
 
 
