@@ -31,8 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def load_arrays(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """images, masks (uint8, N x S x S), tumour flag and patient code per slice."""
-    from radflow import imaging, ingest, preprocess, sources
+    """The segmenter's input (uint8, N x S x S, or N x C x S x S with context slices), masks
+    (N x S x S), tumour flag and patient code per slice."""
+    from radflow import imaging, ingest, preprocess, segmentation, sources
 
     result = ingest.ingest(sources.from_params(params["data"]))
     reasons = result.quarantine["reason"].astype(str)
@@ -42,12 +43,13 @@ def load_arrays(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     if duplicate.any():  # blank slices stored twice: the pipeline keeps one copy too
         print(f"ingest: {int(duplicate.sum())} byte-identical duplicate slices left out")
     rows = result.manifest.sort_values("source_path").reset_index(drop=True)
-    images, masks, _ = preprocess.build_arrays(
+    images, masks, index = preprocess.build_arrays(
         rows, params["preprocess"], imaging.load_pixels, imaging.load_mask
     )
+    inputs = segmentation.model_input(images, index, params["train"]["segmenter"])
     _, patients = np.unique(rows["patient_key"].to_numpy(), return_inverse=True)
     tumour = masks.reshape(len(masks), -1).any(axis=1)
-    return images, masks, tumour, patients  # patient codes only: no names leave here
+    return inputs, masks, tumour, patients  # patient codes only: no names leave here
 
 
 def split_patients(
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="override preprocess.image_size")
     parser.add_argument("--patch", type=int, help="override train.segmenter.patch_size")
     parser.add_argument("--keep", choices=["best", "last"], help="override train.segmenter.keep")
+    parser.add_argument("--context", type=int, help="override train.segmenter.context_slices")
     parser.add_argument("--json", help="also write the metrics here")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         params["train"]["segmenter"]["patch_size"] = args.patch
     if args.keep:
         params["train"]["segmenter"]["keep"] = args.keep
+    if args.context is not None:
+        params["train"]["segmenter"]["context_slices"] = args.context
     params_mod.validate(params, args.profile)
     seed, cfg = params["seed"], params["train"]["segmenter"]
     images, masks, tumour, patients = load_arrays(params)
@@ -224,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     print(
         f"\nLGG FLAIR segmentation, {stored['arch']} ({origin}), "
-        f"{params['preprocess']['image_size']} px, best epoch {result.best_epoch}/{epochs} "
+        f"{params['preprocess']['image_size']} px, context slices {stored['context_slices']}, "
+        f"kept epoch {result.best_epoch}/{epochs} "
         f"(val Dice {result.best_metric:.3f}), post-processing {stored['postprocess']}\n"
     )
     print(table(summary, raw, wall, info))

@@ -71,3 +71,25 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def train_segmenter_dir(
+    out: Path, inputs: np.ndarray, masks: np.ndarray, n_train: int, train_params: dict
+) -> Path:
+    """Train a small segmenter (the first n_train images train, the rest validate) and save
+    it as a model directory whose meta.json says how predict prepares MRI images."""
+    from radflow import models, segmentation
+
+    result, origin = segmentation.train_segmenter(
+        inputs, masks, np.arange(n_train), np.arange(n_train, len(inputs)), train_params, 0
+    )
+    size = inputs.shape[-1]
+    meta = {
+        "task": "segmenter", "modality": "mri", "image_size": size,
+        "in_chans": segmentation.in_channels(train_params["segmenter"]),
+        "preprocess": {"image_size": size, "percentiles": {"mri": [0.0, 100.0]}},
+        "trained": True, "weights_origin": origin,
+        **segmentation.settings(train_params["segmenter"]),
+    }  # fmt: skip
+    models.save_model(out, result.state, meta, result.history)
+    return out

@@ -12,7 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-from conftest import write_dicom, write_png
+from conftest import train_segmenter_dir, write_dicom, write_png
 from PIL import Image
 
 from radflow import cli, export, models, params, predict, segmentation, sources, weights
@@ -48,17 +48,7 @@ def _squares(n: int = 32, size: int = 32, seed: int = 0):
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small U-Net trained on squares, saved as a model directory."""
     images, masks = _squares()
-    result, origin = segmentation.train_segmenter(
-        images, masks, np.arange(24), np.arange(24, 32), TRAIN, 0
-    )
-    meta = {
-        "task": "segmenter", "modality": "mri", "image_size": 32, "in_chans": 1,
-        "preprocess": {"image_size": 32, "percentiles": {"mri": [0.0, 100.0]}},
-        "trained": True, "weights_origin": origin, **segmentation.settings(TRAIN["segmenter"]),
-    }  # fmt: skip
-    out = tmp_path_factory.mktemp("segmenter")
-    models.save_model(out, result.state, meta, result.history)
-    return out
+    return train_segmenter_dir(tmp_path_factory.mktemp("segmenter"), images, masks, 24, TRAIN)
 
 
 # --------------------------------------------------------------------- architectures

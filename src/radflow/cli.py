@@ -272,11 +272,13 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
             return
         from radflow import segmentation
 
+        seg_cfg = params["train"]["segmenter"]
+        inputs = segmentation.model_input(images, index, seg_cfg)
         result, origin = segmentation.train_segmenter(
-            images, masks, train_idx, val_idx, params["train"], params["seed"], checkpoint
+            inputs, masks, train_idx, val_idx, params["train"], params["seed"], checkpoint
         )
-        meta |= segmentation.settings(params["train"]["segmenter"])
-        meta |= {"weights_origin": origin}
+        meta |= segmentation.settings(seg_cfg)
+        meta |= {"weights_origin": origin, "in_chans": segmentation.in_channels(seg_cfg)}
     meta |= {
         "trained": True,
         "device": result.device,
@@ -401,8 +403,9 @@ def _evaluate_segmenter(
     if rows.empty:
         return None, empty, {}
     model, meta = models.load_model(seg_dir)
+    inputs = segmentation.model_input(images, index, meta)
     return segmentation.score_test_cases(
-        model, meta, images, masks, rows, ev["bootstrap_samples"], ev["ci_level"], seed
+        model, meta, inputs, masks, rows, ev["bootstrap_samples"], ev["ci_level"], seed
     )
 
 

@@ -69,6 +69,19 @@ def dicom_pixels(ds: pydicom.Dataset) -> np.ndarray:
     return values
 
 
+def slice_position(ds: pydicom.Dataset) -> str:
+    """Where the slice lies along its series: ImagePositionPatient projected on the slice
+    normal (mm), else InstanceNumber, else "" (as text, for the manifest)."""
+    try:
+        position = np.asarray(ds.ImagePositionPatient, dtype=float)
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        value = float(position @ np.cross(orientation[:3], orientation[3:]))
+    except (AttributeError, ValueError, TypeError):
+        number = getattr(ds, "InstanceNumber", None)
+        return "" if number in (None, "") else f"{float(number):g}"
+    return f"{value:g}" if np.isfinite(value) else ""
+
+
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

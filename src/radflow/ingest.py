@@ -72,6 +72,7 @@ def inspect_file(path: Path, fmt: str, patient_attribute: str = "PatientID") -> 
             "rows": pixels.shape[0],
             "cols": pixels.shape[1],
             "frames": int(getattr(ds, "NumberOfFrames", 1) or 1),
+            "slice_position": imaging.slice_position(ds),
         }
     pixels = imaging.load_pixels(path, fmt)
     return {
@@ -83,6 +84,7 @@ def inspect_file(path: Path, fmt: str, patient_attribute: str = "PatientID") -> 
         "rows": pixels.shape[0],
         "cols": pixels.shape[1],
         "frames": 1,
+        "slice_position": "",
     }
 
 
@@ -163,6 +165,7 @@ def _ingest_one(
         "label": label,
         "mask_path": str(source.raw_dir / mask) if mask else "",
         "box": _column(entry, "box"),
+        "slice_position": _column(entry, "slice") or facts["slice_position"],
     }, ""
 
 

@@ -36,6 +36,12 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "rows": ("Int64", "pixel rows"),
     "cols": ("Int64", "pixel columns"),
     "frames": ("Int64", "number of frames/slices (the middle one is used for 2-D models)"),
+    "slice_position": (
+        "string",
+        "the slice's place along its volume (same patient and series): data.columns.slice, "
+        "else DICOM ImagePositionPatient along the slice normal, else InstanceNumber; empty "
+        "when unknown. Orders neighbouring slices (train.segmenter.context_slices)",
+    ),
 }
 
 QUARANTINE_COLUMNS = ["path", "stage", "reason"]
@@ -61,7 +67,7 @@ def empty() -> pd.DataFrame:
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Order columns and cast dtypes; extra columns are kept after the schema ones."""
     frame = frame.copy()
-    for added in ("patient_key_source", "box"):  # manifests written before the column
+    for added in ("patient_key_source", "box", "slice_position"):  # written before the column
         if added not in frame.columns:
             frame[added] = ""
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -71,7 +77,10 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[list(COLUMNS) + extra].copy()
     for name, (dtype, _) in COLUMNS.items():
         out[name] = out[name].astype(dtype)
-    for name in ("label", "mask_path", "box", "study_key", "series_key", "patient_key_source"):
+    for name in (
+        "label", "mask_path", "box", "study_key", "series_key", "patient_key_source",
+        "slice_position",
+    ):  # fmt: skip
         out[name] = out[name].fillna("")
     return out.reset_index(drop=True)
 

@@ -130,7 +130,7 @@ def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def normalise_batch(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) or (B, 1, H, W) -> float (B, 1, H, W) normalised for the networks."""
+    """uint8 (B, H, W) or (B, C, H, W) -> float (B, C, H, W) normalised for the networks."""
     x = images_uint8.float() / 255.0
     if x.ndim == 3:
         x = x[:, None]

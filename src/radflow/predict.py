@@ -3,6 +3,7 @@ as in training."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radflow import imaging
+from radflow import imaging, volumes
 from radflow.evaluate import decide
 from radflow.models import load_model
 from radflow.preprocess import prepare_image
@@ -116,9 +117,14 @@ def segment_folder(
             )
         stems[stem] = rel
     threshold = float(segmentation.settings(meta)["postprocess"]["threshold"])
-    for start in range(0, len(paths), batch):
-        chunk, ready = paths[start : start + batch], []
-        for path in chunk:
+    context = int(meta.get("context_slices", 0) or 0)
+    for group, why in slice_groups(paths, root, context, batch):
+        if why:
+            for path in group:
+                yield _error_row(path.relative_to(root).as_posix(), why)
+            continue
+        ready = []
+        for path in group:
             rel = path.relative_to(root).as_posix()
             try:
                 pixels = imaging.load_pixels(path)
@@ -128,13 +134,13 @@ def segment_folder(
                 prepared = prepare_image(pixels, meta["modality"], meta["preprocess"])
                 ready.append((rel, pixels.shape, header, prepared))
             except imaging.ImageReadError as exc:
-                row = {"path": rel, "mask": "", "tumour": None, "tumour_pixels": None,
-                       "tumour_fraction": None, "max_prob": None, "confidence": None,
-                       "error": str(exc)}  # fmt: skip
-                yield row, Segmented(rel, output_stem(rel), None)
+                yield _error_row(rel, str(exc))
         if not ready:
             continue
-        keep, probs = segmentation.predict_masks(model, np.stack([r[3] for r in ready]), meta)
+        images = np.stack([r[3] for r in ready])
+        if context:  # one volume, in slice order: neighbours are the next readable slices
+            images = volumes.stack(images, volumes.window(len(ready), context))
+        keep, probs = segmentation.predict_masks(model, images, meta)
         for (rel, shape, header, _), kept, prob in zip(ready, keep, probs, strict=True):
             mask = segmentation.restore_geometry(prob, kept, shape, threshold)
             inside = prob[kept]
@@ -151,3 +157,61 @@ def segment_folder(
                 "error": "",
             }
             yield row, Segmented(rel, stem, mask, header)
+
+
+def _error_row(rel: str, error: str) -> tuple[dict[str, Any], Segmented]:
+    empty = dict.fromkeys(("tumour", "tumour_pixels", "tumour_fraction", "max_prob", "confidence"))
+    row = {"path": rel, "mask": "", **empty, "error": error}
+    return row, Segmented(rel, output_stem(rel), None)
+
+
+TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
+
+
+def slice_groups(
+    paths: list[Path], root: Path, context: int, batch: int
+) -> Iterator[tuple[list[Path], str]]:
+    """The files in the groups they are predicted in, each with "" or why it cannot be.
+
+    Without context: batches in path order. With context slices: one group per volume in
+    slice order; a DICOM volume is its series (ordered by ImagePositionPatient, else
+    InstanceNumber), a raster's volume is its folder and file name before a trailing
+    number (`case7/slice_12.png`: volume `case7/slice_`, slice 12)."""
+    if not context:
+        for start in range(0, len(paths), batch):
+            yield paths[start : start + batch], ""
+        return
+    found: dict[str, list[tuple[float, Path]]] = {}
+    unordered = []
+    for path in paths:
+        volume, position = _slice_place(path, root)
+        if volume is None:
+            unordered.append(path)
+        else:
+            found.setdefault(volume, []).append((position, path))
+    for volume in sorted(found):
+        yield [path for _, path in sorted(found[volume])], ""
+    if unordered:
+        yield (
+            unordered,
+            (
+                f"the model reads {context} neighbouring slice(s) either side, but this file's "
+                "place in its volume is unknown: name slices <volume>_<number>.png, or give "
+                "DICOM files with ImagePositionPatient or InstanceNumber"
+            ),
+        )
+
+
+def _slice_place(path: Path, root: Path) -> tuple[str | None, float]:
+    if imaging.detect_format(path) == "dicom":
+        try:
+            header = imaging.read_dicom(path, pixels=False)
+        except imaging.ImageReadError:
+            return f"unreadable:{path}", 0.0  # reading it again reports why
+        position = imaging.slice_position(header)
+        series = str(getattr(header, "SeriesInstanceUID", "") or path.parent)
+        return (f"dicom:{series}", float(position)) if position else (None, 0.0)
+    if imaging.detect_format(path) == "nifti":
+        return None, 0.0  # a volume of its own, read as its middle slice
+    match = TRAILING_NUMBER.match(output_stem(path.relative_to(root).as_posix()))
+    return (f"file:{match.group(1)}", float(match.group(2))) if match else (None, 0.0)

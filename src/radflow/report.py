@@ -620,6 +620,9 @@ def _segmenter_settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not meta.get("trained"):
         return []
     rows = [("architecture", str(meta.get("arch"))), ("weights", str(meta.get("weights_origin")))]
+    if meta.get("context_slices"):
+        k = meta["context_slices"]
+        rows.append(("input", f"each slice with {k} neighbouring slice(s) either side (2.5-D)"))
     for key in ("inference", "postprocess"):
         if meta.get(key):
             rows.append((key, ", ".join(f"{k}: {v}" for k, v in meta[key].items())))

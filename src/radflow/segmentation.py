@@ -18,6 +18,10 @@ Inference settings (``inference``: ``mode`` whole | sliding_window, ``roi_size``
 (MONAI RemoveSmallObjects), ``largest_component`` (MONAI KeepLargestConnectedComponent))
 are stored in meta.json at training time, so evaluate and predict apply exactly what the
 model was trained and validated with.
+
+2.5-D input (``context_slices`` k > 0): the network sees each slice with the k slices below
+and above it in its volume as 2k + 1 input channels (radflow.volumes orders them); with
+k = 1 the Lite0 encoder takes the ImageNet stem's three channels unchanged.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from PIL import Image
 
+from radflow import volumes
 from radflow import weights as weights_mod
 from radflow.models import normalise_batch
 
@@ -109,8 +114,7 @@ def _check_stem(model: torch.nn.Module, path: Path, in_channels: int) -> None:
     stem = state.get("conv_stem.weight")
     if stem is None:
         raise weights_mod.WeightsError(f"{path} has no conv_stem.weight; not a Lite0 state dict")
-    if in_channels == 1 and stem.shape[1] != 1:
-        stem = stem.sum(dim=1, keepdim=True)  # timm's adapt_input_conv for one channel
+    stem = timm.models.adapt_input_conv(in_channels, stem)  # as timm does when loading
     got = model.conv_stem.weight.detach()
     if got.shape != stem.shape or not torch.allclose(got, stem.to(got.dtype), atol=1e-5):
         raise weights_mod.WeightsError(
@@ -122,11 +126,16 @@ if LITE0_BACKBONE not in FLEXUNET_BACKBONE.register_dict:
     FLEXUNET_BACKBONE.register_class(TimmLite0Encoder)
 
 
+def in_channels(cfg: Mapping[str, Any]) -> int:
+    """One channel per slice the network sees: the slice and context_slices either side."""
+    return 2 * int(cfg.get("context_slices", 0) or 0) + 1
+
+
 def _unet(cfg: Mapping[str, Any], pretrained: bool) -> tuple[torch.nn.Module, str]:
     channels = list(cfg.get("channels", [16, 32, 64, 128]))
     model = UNet(
         spatial_dims=2,
-        in_channels=1,
+        in_channels=in_channels(cfg),
         out_channels=1,
         channels=tuple(channels),
         strides=tuple([2] * (len(channels) - 1)),
@@ -138,13 +147,13 @@ def _unet(cfg: Mapping[str, Any], pretrained: bool) -> tuple[torch.nn.Module, st
 def _flexible_unet_lite0(cfg: Mapping[str, Any], pretrained: bool) -> tuple[torch.nn.Module, str]:
     decoder = tuple(cfg.get("decoder_channels", [128, 64, 32, 16, 16]))
     model = FlexibleUNet(
-        in_channels=1, out_channels=1, backbone=LITE0_BACKBONE, pretrained=False,
+        in_channels=in_channels(cfg), out_channels=1, backbone=LITE0_BACKBONE, pretrained=False,
         decoder_channels=decoder, spatial_dims=2,
     )  # fmt: skip
     origin = "none (architecture only)"
     weights = cfg.get("encoder_weights", weights_mod.PACKAGED)
     if pretrained and weights not in (None, "none"):
-        encoder = TimmLite0Encoder(2, 1, pretrained=True, weights=str(weights))
+        encoder = TimmLite0Encoder(2, in_channels(cfg), pretrained=True, weights=str(weights))
         model.encoder, origin = encoder, encoder.origin
     return model, origin
 
@@ -172,6 +181,7 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "arch": cfg.get("arch", "unet"),
         "inference": DEFAULT_INFERENCE | dict(cfg.get("inference") or {}),
         "postprocess": DEFAULT_POSTPROCESS | dict(cfg.get("postprocess") or {}),
+        "context_slices": int(cfg.get("context_slices", 0) or 0),
     }
     if out["arch"] == "unet":
         out["channels"] = list(cfg.get("channels", [16, 32, 64, 128]))
@@ -187,7 +197,8 @@ def predict_probs(
     inference: Mapping[str, Any] | None = None,
     batch: int = 16,
 ) -> np.ndarray:
-    """Foreground probabilities (N, H, W) float32 for uint8 (N, H, W) images."""
+    """Foreground probabilities (N, H, W) float32 for uint8 (N, H, W) images, or
+    (N, C, H, W) with neighbouring slices as channels (model_input)."""
     inference = DEFAULT_INFERENCE | dict(inference or {})
     model.eval()
     device = next(model.parameters()).device
@@ -212,7 +223,7 @@ def predict_probs(
             probs = (probs + torch.flip(mirrored, dims=[-1])) / 2
         outs.append(probs.cpu()[:, 0])
     if not outs:
-        return np.zeros((0,) + tuple(images.shape[1:]), dtype=np.float32)
+        return np.zeros((0,) + tuple(images.shape[-2:]), dtype=np.float32)
     return torch.cat(outs).numpy().astype(np.float32)
 
 
@@ -236,6 +247,20 @@ def postprocess(probs: np.ndarray, cfg: Mapping[str, Any] | None = None) -> np.n
             current = torch.as_tensor(largest(current))
         out[i] = np.asarray(current[0]).astype(bool)
     return out
+
+
+def model_input(
+    images: np.ndarray, index: pd.DataFrame, cfg: Mapping[str, Any], rows: Any = None
+) -> np.ndarray:
+    """What the segmenter reads for the given array rows (all when None): the slices, or
+    with context_slices > 0 each slice with its neighbours in its volume as channels."""
+    neighbours = volumes.neighbours(index, int(cfg.get("context_slices", 0) or 0))
+    return volumes.stack(images, neighbours if rows is None else neighbours[np.asarray(rows)])
+
+
+def centre_slice(x: np.ndarray) -> np.ndarray:
+    """The slice itself out of one model input (H, W) or (C, H, W), for display."""
+    return x if x.ndim == 2 else x[x.shape[0] // 2]
 
 
 def predict_masks(
@@ -307,7 +332,8 @@ def train_segmenter(
     seed: int,
     checkpoint: Path | None = None,
 ) -> tuple[Any, str]:
-    """Dice + cross-entropy (sigmoid, Dice over the whole batch so lesion-free slices have
+    """`images` is the model input (model_input: (N, H, W), or (N, C, H, W) with context
+    slices). Dice + cross-entropy (sigmoid, Dice over the whole batch so lesion-free slices have
     a defined loss), joint image/mask augmentation, best epoch by validation mean Dice
     after post-processing. Returns (train.TrainResult, weights origin)."""
     from radflow import train
@@ -426,7 +452,7 @@ def score_test_cases(
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, bytes]]:
     """Segmentation metrics (per slice and per patient) for the test rows (image_id,
     patient_key, array_index), the per-image table and overlay PNGs of the best, median and
-    worst lesion cases."""
+    worst lesion cases. `images` is the model input of every array row (model_input)."""
     from radflow import evaluate
 
     idx = rows["array_index"].to_numpy()
@@ -443,7 +469,7 @@ def score_test_cases(
     for case in pick_cases(dice, iou, ~table["truth_empty"].to_numpy()):
         name = f"overlays/{case.rank}.png"
         i = case.position
-        overlays[name] = overlay_png(images[idx[i]], truth[i], pred[i])
+        overlays[name] = overlay_png(centre_slice(images[idx[i]]), truth[i], pred[i])
         cases.append(
             {"rank": case.rank, "image_id": str(rows["image_id"][i]), "dice": case.dice,
              "iou": case.iou, "hd95": evaluate._finite_or_none(table["hd95"][i]), "file": name}

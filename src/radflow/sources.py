@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-CANONICAL = ("path", "label", "mask", "patient_id", "modality")
+CANONICAL = ("path", "label", "mask", "patient_id", "modality", "slice")
 
 # Where each manifest row's patient key came from; anything but a real id is flagged.
 TRUE_PATIENT_SOURCES = ("dicom", "column", "filename")
@@ -218,6 +218,7 @@ def _labels_csv(source: Source) -> pd.DataFrame:
             )
         else:
             out[canonical] = ""
+    _check_numeric(out["slice"], path, "data.columns.slice")
     out["box"] = source.box_rule.apply(raw, path) if source.box_rule else ""
     if source.mask_dir is not None:
         # Mask paths are relative to raw_dir downstream (ingest); rewrite them from mask_dir.
@@ -229,6 +230,18 @@ def _labels_csv(source: Source) -> pd.DataFrame:
     if len(dup):
         raise SourceError(f"labels CSV {path} lists {dup.iloc[0]} more than once")
     return out
+
+
+def _check_numeric(values: pd.Series, where: Path, key: str) -> None:
+    """Non-empty values must be numbers (slice positions order neighbouring slices)."""
+    filled = values[values.str.strip() != ""]
+    numbers = pd.to_numeric(filled, errors="coerce")
+    bad = filled[~np.isfinite(numbers.astype(float).to_numpy())]
+    if len(bad):
+        raise SourceError(
+            f"labels CSV {where}: row {int(bad.index[0]) + 2} has the non-numeric value "
+            f"{bad.iloc[0]!r} in the column named by {key}"
+        )
 
 
 def _class_folders(root: Path) -> pd.DataFrame:

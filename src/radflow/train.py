@@ -97,10 +97,12 @@ def augmentations(aug: dict[str, Any], with_mask: bool) -> Compose:
 def _augment_batch(
     images: torch.Tensor, masks: torch.Tensor | None, transform: Compose
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 (B, H, W) -> augmented float [0, 1] (B, 1, H, W) (+ masks)."""
+    """uint8 (B, H, W) or (B, C, H, W) -> augmented float [0, 1] (B, C, H, W) (+ masks);
+    the channels (neighbouring slices) move together."""
     out_images, out_masks = [], []
     for i in range(len(images)):
-        item = {"image": images[i][None].float() / 255.0}
+        image = images[i] if images.ndim == 4 else images[i][None]
+        item = {"image": image.float() / 255.0}
         if masks is not None:
             item["mask"] = masks[i][None].float()
         item = transform(item)
