@@ -629,7 +629,7 @@ def _segmenter_settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     if meta.get("best_epoch") is not None:
         rows.append(
             (
-                "best epoch (val Dice)",
+                "kept epoch (val Dice)",
                 f"{meta['best_epoch']} ({meta.get('best_val_metric', 0):.3f})",
             )
         )
