@@ -103,7 +103,7 @@ def test_the_csv_slice_column_reaches_the_manifest_and_must_be_numeric(tmp_path)
     result = ingest.ingest(sources.from_params(data))
     assert sorted(result.manifest["slice_position"]) == ["1", "2"]
     (tmp_path / "s.csv").write_text("file,patient,n,y\np_1.png,P,first,a\n")
-    with pytest.raises(sources.SourceError, match="'first'.*data.columns.slice"):
+    with pytest.raises(sources.SourceError, match=r"'n' \(data.columns.slice\).*'first' in row 2"):
         ingest.ingest(sources.from_params(data))
 
 

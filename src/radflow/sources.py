@@ -61,6 +61,19 @@ class PatientRule:
         return self.source
 
 
+def numeric(values: pd.Series, where: Path, column: str, key: str) -> pd.Series:
+    """A labels-CSV column as numbers, or an error naming the column, its params key and the
+    first bad row."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    bad = values[~np.isfinite(numbers.to_numpy())]
+    if len(bad):
+        raise SourceError(
+            f"labels CSV {where}: column '{column}' ({key}) holds {len(bad)} non-numeric "
+            f"value(s), first {bad.iloc[0]!r} in row {int(bad.index[0]) + 2}"
+        )
+    return numbers
+
+
 @dataclass(frozen=True)
 class LabelRule:
     """The label from a numeric column: `above` when value > threshold, else `otherwise`."""
@@ -71,13 +84,7 @@ class LabelRule:
     otherwise: str
 
     def apply(self, values: pd.Series, where: Path) -> pd.Series:
-        numbers = pd.to_numeric(values, errors="coerce").astype(float)
-        bad = values[~np.isfinite(numbers.to_numpy())]
-        if len(bad):
-            raise SourceError(
-                f"labels CSV {where}: column '{self.column}' (data.label_from.column) holds "
-                f"{len(bad)} non-numeric value(s), first in row {int(bad.index[0]) + 2}"
-            )
+        numbers = numeric(values, where, self.column, "data.label_from.column")
         return numbers.map(lambda v: self.above if v > self.threshold else self.otherwise)
 
 
@@ -218,7 +225,8 @@ def _labels_csv(source: Source) -> pd.DataFrame:
             )
         else:
             out[canonical] = ""
-    _check_numeric(out["slice"], path, "data.columns.slice")
+    slices = out["slice"][out["slice"].str.strip() != ""]  # a slice number is optional
+    numeric(slices, path, source.columns["slice"], "data.columns.slice")
     out["box"] = source.box_rule.apply(raw, path) if source.box_rule else ""
     if source.mask_dir is not None:
         # Mask paths are relative to raw_dir downstream (ingest); rewrite them from mask_dir.
@@ -230,18 +238,6 @@ def _labels_csv(source: Source) -> pd.DataFrame:
     if len(dup):
         raise SourceError(f"labels CSV {path} lists {dup.iloc[0]} more than once")
     return out
-
-
-def _check_numeric(values: pd.Series, where: Path, key: str) -> None:
-    """Non-empty values must be numbers (slice positions order neighbouring slices)."""
-    filled = values[values.str.strip() != ""]
-    numbers = pd.to_numeric(filled, errors="coerce")
-    bad = filled[~np.isfinite(numbers.astype(float).to_numpy())]
-    if len(bad):
-        raise SourceError(
-            f"labels CSV {where}: row {int(bad.index[0]) + 2} has the non-numeric value "
-            f"{bad.iloc[0]!r} in the column named by {key}"
-        )
 
 
 def _class_folders(root: Path) -> pd.DataFrame:
