@@ -17,8 +17,12 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,14 +41,22 @@ def load_ct(params: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int
     return pixels, labels, patients, len(result.quarantine)
 
 
-def features(pixels: list[np.ndarray], window: tuple[float, float], pp: dict) -> np.ndarray:
-    import torch
-
-    from radflow import models, preprocess, weights
+def frozen_backbone() -> torch.nn.Module:
+    """The packaged ImageNet Lite0 without its head: pooled features, built once."""
+    from radflow import models, weights
 
     model, _ = models.build_classifier(weights.PACKAGED_ARCH, weights.PACKAGED, 2)
     model.reset_classifier(0)
-    model.eval()
+    return model.eval()
+
+
+def features(
+    model: torch.nn.Module, pixels: list[np.ndarray], window: tuple[float, float], pp: dict
+) -> np.ndarray:
+    import torch
+
+    from radflow import models, preprocess
+
     pp = pp | {"ct_window": {"center": window[0], "width": window[1]}}
     images = np.stack([preprocess.prepare_image(p, "ct", pp) for p in pixels])
     with torch.no_grad():
@@ -94,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({quarantined} quarantined by ingest); linear probe, {args.folds}-fold "
         f"patient-grouped, {args.shuffles} shuffles\n"
     )
+    model = frozen_backbone()
     print("| window (centre/width) | HU range | AUC per shuffle | mean |")
     print("|---|---|---|---|")
     for item in args.windows.split(","):
         centre, width = (float(v) for v in item.split("/"))
-        x = features(pixels, (centre, width), params["preprocess"])
+        x = features(model, pixels, (centre, width), params["preprocess"])
         aucs = [probe_auc(x, labels, patients, args.folds, s) for s in range(args.shuffles)]
         low, high = centre - width / 2, centre + width / 2
         print(

@@ -117,7 +117,7 @@ def segment_folder(
             )
         stems[stem] = rel
     threshold = float(segmentation.settings(meta)["postprocess"]["threshold"])
-    context = int(meta.get("context_slices", 0) or 0)
+    context = segmentation.context_slices(meta)
     for group, why in slice_groups(paths, root, context, batch):
         if why:
             for path in group:

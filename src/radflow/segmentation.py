@@ -126,9 +126,14 @@ if LITE0_BACKBONE not in FLEXUNET_BACKBONE.register_dict:
     FLEXUNET_BACKBONE.register_class(TimmLite0Encoder)
 
 
+def context_slices(cfg: Mapping[str, Any]) -> int:
+    """Neighbouring slices either side the network reads (train.segmenter or meta.json)."""
+    return int(cfg.get("context_slices", 0) or 0)
+
+
 def in_channels(cfg: Mapping[str, Any]) -> int:
     """One channel per slice the network sees: the slice and context_slices either side."""
-    return 2 * int(cfg.get("context_slices", 0) or 0) + 1
+    return 2 * context_slices(cfg) + 1
 
 
 def _unet(cfg: Mapping[str, Any], pretrained: bool) -> tuple[torch.nn.Module, str]:
@@ -181,7 +186,7 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "arch": cfg.get("arch", "unet"),
         "inference": DEFAULT_INFERENCE | dict(cfg.get("inference") or {}),
         "postprocess": DEFAULT_POSTPROCESS | dict(cfg.get("postprocess") or {}),
-        "context_slices": int(cfg.get("context_slices", 0) or 0),
+        "context_slices": context_slices(cfg),
     }
     if out["arch"] == "unet":
         out["channels"] = list(cfg.get("channels", [16, 32, 64, 128]))
@@ -249,13 +254,10 @@ def postprocess(probs: np.ndarray, cfg: Mapping[str, Any] | None = None) -> np.n
     return out
 
 
-def model_input(
-    images: np.ndarray, index: pd.DataFrame, cfg: Mapping[str, Any], rows: Any = None
-) -> np.ndarray:
-    """What the segmenter reads for the given array rows (all when None): the slices, or
-    with context_slices > 0 each slice with its neighbours in its volume as channels."""
-    neighbours = volumes.neighbours(index, int(cfg.get("context_slices", 0) or 0))
-    return volumes.stack(images, neighbours if rows is None else neighbours[np.asarray(rows)])
+def model_input(images: np.ndarray, index: pd.DataFrame, cfg: Mapping[str, Any]) -> np.ndarray:
+    """What the segmenter reads for every array row: the slices, or with context_slices > 0
+    each slice with its neighbours in its volume as channels."""
+    return volumes.stack(images, volumes.neighbours(index, context_slices(cfg)))
 
 
 def centre_slice(x: np.ndarray) -> np.ndarray:
