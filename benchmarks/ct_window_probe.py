@@ -1,4 +1,4 @@
-"""Benchmark: which CT window lets frozen ImageNet features separate the classes?
+"""Benchmark: which CT window and image size let frozen ImageNet features separate the classes?
 
 A linear probe (logistic regression on the pooled features of the packaged, frozen
 EfficientNet-Lite0) per HU window, scored by patient-grouped stratified k-fold AUC, repeated
@@ -7,8 +7,10 @@ over a few fold shuffles. It takes about 20 s per window on 2 cores, against 4 m
 through the profile's adapter and the pipeline's ingest and `prepare_image`, as in training.
 
     .venv/bin/python benchmarks/ct_window_probe.py --windows 100/300,200/200,50/400
+    .venv/bin/python benchmarks/ct_window_probe.py --windows 200/200 --sizes 160,224,320,416
 
-Windows are chosen on the data at hand: whatever wins here is optimistic by that selection.
+Windows and sizes are chosen on the data at hand: whatever wins here is optimistic by
+that selection.
 """
 
 from __future__ import annotations
@@ -51,13 +53,17 @@ def frozen_backbone() -> torch.nn.Module:
 
 
 def features(
-    model: torch.nn.Module, pixels: list[np.ndarray], window: tuple[float, float], pp: dict
+    model: torch.nn.Module,
+    pixels: list[np.ndarray],
+    window: tuple[float, float],
+    size: int,
+    pp: dict,
 ) -> np.ndarray:
     import torch
 
     from radflow import models, preprocess
 
-    pp = pp | {"ct_window": {"center": window[0], "width": window[1]}}
+    pp = pp | {"ct_window": {"center": window[0], "width": window[1]}, "image_size": size}
     images = np.stack([preprocess.prepare_image(p, "ct", pp) for p in pixels])
     with torch.no_grad():
         out = [model(models.normalise_batch(torch.from_numpy(images[i : i + 16])))
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=str(ROOT / "profiles/ct-contrast.yaml"))
     parser.add_argument("--windows", default="100/300,200/200", help="centre/width,... in HU")
+    parser.add_argument("--sizes", default="", help="image sizes in px (default: the profile's)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--shuffles", type=int, default=3)
     args = parser.parse_args(argv)
@@ -107,18 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         f"patient-grouped, {args.shuffles} shuffles\n"
     )
     model = frozen_backbone()
-    print("| window (centre/width) | HU range | AUC per shuffle | mean |")
-    print("|---|---|---|---|")
+    sizes = [int(v) for v in (args.sizes or str(params["preprocess"]["image_size"])).split(",")]
+    print("| window (centre/width) | HU range | size | AUC per shuffle | mean |")
+    print("|---|---|---|---|---|")
     for item in args.windows.split(","):
         centre, width = (float(v) for v in item.split("/"))
-        x = features(model, pixels, (centre, width), params["preprocess"])
-        aucs = [probe_auc(x, labels, patients, args.folds, s) for s in range(args.shuffles)]
-        low, high = centre - width / 2, centre + width / 2
-        print(
-            f"| {item} | {low:g} to {high:g} | {', '.join(f'{a:.3f}' for a in aucs)} "
-            f"| {np.mean(aucs):.3f} |",
-            flush=True,
-        )
+        for size in sizes:
+            x = features(model, pixels, (centre, width), size, params["preprocess"])
+            aucs = [probe_auc(x, labels, patients, args.folds, s) for s in range(args.shuffles)]
+            low, high = centre - width / 2, centre + width / 2
+            print(
+                f"| {item} | {low:g} to {high:g} | {size} | "
+                f"{', '.join(f'{a:.3f}' for a in aucs)} | {np.mean(aucs):.3f} |",
+                flush=True,
+            )
     print(f"\nwall {time.perf_counter() - start:.0f} s")
     return 0
 
