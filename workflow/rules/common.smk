@@ -21,9 +21,10 @@ MASK_DIR = config["data"].get("mask_dir")
 # labels CSV `radflow demo` writes at its root.
 DEMO_DIR = "data/raw/demo"
 DEMO_LABELS = f"{DEMO_DIR}/labels.csv"
-# Cores a training job reserves: train.num_threads, or all of them when that is 0 (torch's
-# default). Snakemake caps it at --cores.
-TRAIN_THREADS = config["train"].get("num_threads") or os.cpu_count() or 1
+# Cores a torch job (train, evaluate, explain) reserves: train.num_threads, or all of them
+# when that is 0 (torch's default). Snakemake caps it at --cores and sets OMP_NUM_THREADS to
+# it, so a job that declares no threads runs torch on one core.
+TORCH_THREADS = config["train"].get("num_threads") or os.cpu_count() or 1
 
 
 def profile_overlay():

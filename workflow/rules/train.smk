@@ -1,7 +1,7 @@
 # train: per modality a classifier (timm backbone, transfer learning) and a segmenter (U-Net;
 # a model directory saying why it was not trained when there are no masks). GPU when present.
-# threads only reserve cores for the scheduler; torch takes train.num_threads from params.yaml
-# (0: torch's default, all cores; Snakemake caps threads at --cores).
+# threads reserve cores and set OMP_NUM_THREADS for the job; torch takes train.num_threads
+# from params.yaml (0: all the cores the job reserves; Snakemake caps threads at --cores).
 
 
 rule train_classifier:
@@ -15,7 +15,7 @@ rule train_classifier:
         settings=params_at("seed", "data.classes", "train.classifier", "train.augment"),
     log:
         "logs/train/{modality}_classifier.log",
-    threads: TRAIN_THREADS
+    threads: TORCH_THREADS
     conda:
         "../envs/radflow.yaml"
     shell:
@@ -34,7 +34,7 @@ rule train_segmenter:
         settings=params_at("seed", "train.segmenter", "train.augment"),
     log:
         "logs/train/{modality}_segmenter.log",
-    threads: TRAIN_THREADS
+    threads: TORCH_THREADS
     conda:
         "../envs/radflow.yaml"
     shell:
