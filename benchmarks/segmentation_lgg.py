@@ -11,6 +11,12 @@ never used for any choice; the dataset's withheld test patients are not in the f
 
     .venv/bin/python benchmarks/segmentation_lgg.py                    # 30 min, 2 threads
     .venv/bin/python benchmarks/segmentation_lgg.py --budget-min 3 --threads 1   # smoke run
+    .venv/bin/python benchmarks/segmentation_lgg.py --folds 4          # every patient held out once
+
+With --folds K the patients are split into K patient-grouped, tumour-stratified folds; each
+fold is held out once while the others train (with the profile's epochs, or --epochs), and
+the table pools the held-out predictions of all folds: every patient is scored once, by a
+model that never saw them, instead of 5 patients by one model.
 """
 
 from __future__ import annotations
@@ -60,12 +66,33 @@ def split_patients(
 
     n_patients = len(np.unique(patients))
     held = take_fold(tumour, patients, n_test / n_patients, seed)
-    rest = np.flatnonzero(~held)
+    train, val = carve_val(np.flatnonzero(~held), tumour, patients, n_val, seed)
+    return train, val, np.flatnonzero(held)
+
+
+def carve_val(
+    rest: np.ndarray, tumour: np.ndarray, patients: np.ndarray, n_val: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """About n_val patients of `rest` for validation, the others for training."""
+    from radflow.split import take_fold
+
     share = n_val / len(np.unique(patients[rest]))
-    val = np.zeros(len(tumour), dtype=bool)
-    val[rest[take_fold(tumour[rest], patients[rest], share, seed + 1)]] = True
-    train = ~held & ~val
-    return np.flatnonzero(train), np.flatnonzero(val), np.flatnonzero(held)
+    is_val = take_fold(tumour[rest], patients[rest], share, seed + 1)
+    return rest[~is_val], rest[is_val]
+
+
+def patient_folds(
+    tumour: np.ndarray, patients: np.ndarray, folds: int, n_val: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """K (train, val, held-out) index triples; every patient is held out exactly once."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    triples = []
+    for rest, held in splitter.split(np.zeros(len(tumour)), tumour, patients):
+        train, val = carve_val(rest, tumour, patients, n_val, seed)
+        triples.append((train, val, held))
+    return triples
 
 
 def seconds_per_epoch(
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, help="fix the epochs instead of fitting the budget")
     parser.add_argument("--held-out", type=int, default=5, help="held-out patients")
+    parser.add_argument("--folds", type=int, help="K patient folds, each held out once")
     parser.add_argument("--val", type=int, default=3, help="best-epoch validation patients")
     parser.add_argument("--arch", help="override train.segmenter.arch")
     parser.add_argument("--size", type=int, help="override preprocess.image_size")
@@ -187,51 +215,72 @@ def main(argv: list[str] | None = None) -> int:
     params_mod.validate(params, args.profile)
     seed, cfg = params["seed"], params["train"]["segmenter"]
     images, masks, tumour, patients = load_arrays(params)
-    train_idx, val_idx, held_idx = split_patients(tumour, patients, args.held_out, args.val, seed)
-    print(
-        f"{len(images)} slices, {len(np.unique(patients))} patients: train "
-        f"{len(np.unique(patients[train_idx]))}, val {len(np.unique(patients[val_idx]))}, "
-        f"held-out {len(np.unique(patients[held_idx]))} patients "
-        f"({len(held_idx)} slices, {int(tumour[held_idx].sum())} with tumour)",
-        flush=True,
-    )
-    per_epoch = seconds_per_epoch(images, masks, train_idx, val_idx, params["train"], seed)
-    elapsed = time.perf_counter() - start
-    reserve = 90.0  # evaluation, bootstrap, model build
-    spare = 0.93  # the estimate from a few steps runs a little fast
-    budget = (args.budget_min * 60 - elapsed - reserve) * spare
-    epochs = args.epochs or max(1, int(budget / per_epoch))
-    cfg["epochs"] = epochs
-    print(f"about {per_epoch:.0f} s per epoch -> {epochs} epochs", flush=True)
-    result, origin = segmentation.train_segmenter(
-        images, masks, train_idx, val_idx, params["train"], seed
-    )
-    model, _ = segmentation.build_segmenter(cfg, pretrained=False)
-    model.load_state_dict(result.state)
+    if args.folds:
+        triples = patient_folds(tumour, patients, args.folds, args.val, seed)
+        cfg["epochs"] = args.epochs or cfg["epochs"]
+    else:
+        triples = [split_patients(tumour, patients, args.held_out, args.val, seed)]
+    for k, (train_idx, val_idx, held_idx) in enumerate(triples):
+        label = f"fold {k}: " if args.folds else ""
+        print(
+            f"{label}{len(images)} slices, {len(np.unique(patients))} patients: train "
+            f"{len(np.unique(patients[train_idx]))}, val {len(np.unique(patients[val_idx]))}, "
+            f"held-out {len(np.unique(patients[held_idx]))} patients "
+            f"({len(held_idx)} slices, {int(tumour[held_idx].sum())} with tumour)",
+            flush=True,
+        )
+    if not args.folds:
+        train_idx, val_idx, _ = triples[0]
+        per_epoch = seconds_per_epoch(images, masks, train_idx, val_idx, params["train"], seed)
+        elapsed = time.perf_counter() - start
+        reserve = 90.0  # evaluation, bootstrap, model build
+        spare = 0.93  # the estimate from a few steps runs a little fast
+        budget = (args.budget_min * 60 - elapsed - reserve) * spare
+        cfg["epochs"] = args.epochs or max(1, int(budget / per_epoch))
+        print(f"about {per_epoch:.0f} s per epoch -> {cfg['epochs']} epochs", flush=True)
     stored = segmentation.settings(cfg)
-    pred, probs = segmentation.predict_masks(model, images[held_idx], stored)
-    truth = masks[held_idx] > 0
+    held_all = np.concatenate([held for _, _, held in triples])
+    pred = np.zeros(masks.shape, dtype=bool)
+    probs = np.zeros(masks.shape, dtype=np.float32)
+    kept, seconds = [], []
+    for k, (train_idx, val_idx, held_idx) in enumerate(triples):
+        result, origin = segmentation.train_segmenter(
+            images, masks, train_idx, val_idx, params["train"], seed
+        )
+        model, _ = segmentation.build_segmenter(cfg, pretrained=False)
+        model.load_state_dict(result.state)
+        pred[held_idx], probs[held_idx] = segmentation.predict_masks(
+            model, images[held_idx], stored
+        )
+        kept.append(f"{result.best_epoch} (val Dice {result.best_metric:.3f})")
+        seconds.append(float(result.history["seconds"].mean()))
+        if args.folds:
+            fold, _ = evaluate.segmentation_metrics(
+                pred[held_idx], masks[held_idx] > 0, 0, params["evaluate"]["ci_level"], seed
+            )
+            print(f"fold {k}: IoU tumour slices {fold['iou_lesion']['value']:.3f}", flush=True)
+    truth, groups = masks[held_all] > 0, patients[held_all]
     ev = params["evaluate"]
     summary, _ = evaluate.segmentation_metrics(
-        pred, truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=patients[held_idx]
+        pred[held_all], truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=groups
     )
     raw = None
     if stored["postprocess"]["min_size"] or stored["postprocess"]["largest_component"]:
-        plain = probs >= stored["postprocess"]["threshold"]
+        plain = probs[held_all] >= stored["postprocess"]["threshold"]
         raw, _ = evaluate.segmentation_metrics(
-            plain, truth, ev["bootstrap_samples"], ev["ci_level"], seed,
-            patients=patients[held_idx],
-        )  # fmt: skip
+            plain, truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=groups
+        )
     wall = time.perf_counter() - start
     info = {
-        "epochs": epochs, "sec_per_epoch": float(result.history["seconds"].mean()),
-        "threads": args.threads, "device": result.device,
+        "epochs": cfg["epochs"], "sec_per_epoch": float(np.mean(seconds)),
+        "threads": args.threads, "device": result.device, "folds": len(triples),
     }  # fmt: skip
+    design = f"{len(triples)}-fold, pooled" if args.folds else "one split"
     print(
-        f"\nLGG FLAIR segmentation, {stored['arch']} ({origin}), "
+        f"\nLGG FLAIR segmentation ({design}), {stored['arch']} ({origin}), "
         f"{params['preprocess']['image_size']} px, context slices {stored['context_slices']}, "
-        f"kept epoch {result.best_epoch}/{epochs} "
-        f"(val Dice {result.best_metric:.3f}), post-processing {stored['postprocess']}\n"
+        f"kept epoch {', '.join(kept)} of {cfg['epochs']}, "
+        f"post-processing {stored['postprocess']}\n"
     )
     print(table(summary, raw, wall, info))
     if args.json:
