@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for item in args.windows.split(","):
         centre, width = (float(v) for v in item.split("/"))
+        low, high = centre - width / 2, centre + width / 2
         for size in sizes:
             x = features(model, pixels, (centre, width), size, params["preprocess"])
             aucs = [probe_auc(x, labels, patients, args.folds, s) for s in range(args.shuffles)]
-            low, high = centre - width / 2, centre + width / 2
             print(
                 f"| {item} | {low:g} to {high:g} | {size} | "
                 f"{', '.join(f'{a:.3f}' for a in aucs)} | {np.mean(aucs):.3f} |",
