@@ -296,10 +296,9 @@ def test_dvc_code_dependencies_exist(project: Path) -> None:
     assert not missing, f"dvc.yaml depends on missing code: {missing}"
 
 
-def test_torch_jobs_reserve_the_cores_torch_will_use(project: Path) -> None:
-    """Snakemake sets OMP_NUM_THREADS to a job's threads: a torch job that declares none
-    runs on one core (the CT profile's explain stage took 4.9 min instead of 2.9)."""
-    done = _snakemake(project, "--forceall", "--dry-run", "--cores", "2")
+def _declared_threads(project: Path, *args: str) -> dict[str, set[int]]:
+    """Threads per rule in a forced dry run on 2 cores (Snakemake prints only those above 1)."""
+    done = _snakemake(project, "--forceall", "--dry-run", "--cores", "2", *args)
     assert done.returncode == 0, done.stdout + done.stderr
     threads: dict[str, set[int]] = {}
     rule = None
@@ -308,10 +307,30 @@ def test_torch_jobs_reserve_the_cores_torch_will_use(project: Path) -> None:
             rule = header["rule"]
         elif rule and (item := JOB_FIELD.match(line)) and item["key"] == "threads":
             threads.setdefault(rule, set()).add(int(item["value"]))
+    return threads
 
-    expected = {min(2, os.cpu_count() or 1)}
+
+def test_torch_jobs_reserve_the_cores_torch_will_use(project: Path) -> None:
+    """Snakemake sets OMP_NUM_THREADS to a job's threads: a torch job that declares none
+    runs on one core (the CT profile's explain stage took 4.9 min instead of 2.9)."""
+    (project / "profiles").mkdir(exist_ok=True)
+    (project / "profiles" / "one.yaml").write_text("modalities: [ct]\n")
+
+    threads = _declared_threads(project, "--configfile", "profiles/one.yaml")
+
+    cores = {min(2, os.cpu_count() or 1)}
     for torch_rule in ("train_classifier", "train_segmenter", "evaluate", "explain"):
-        assert threads.get(torch_rule, {1}) == expected, (torch_rule, threads)
+        assert threads.get(torch_rule, {1}) == cores, (torch_rule, threads)
+
+
+def test_modalities_share_the_cores_for_evaluate_and_explain(project: Path) -> None:
+    """Three modalities on 2 cores: training takes both cores in turn; evaluation and
+    explanations run side by side, one core each."""
+    threads = _declared_threads(project)
+
+    assert len(yaml.safe_load((project / "params.yaml").read_text())["modalities"]) == 3
+    assert threads.get("train_classifier", {1}) == {min(2, os.cpu_count() or 1)}
+    assert "evaluate" not in threads and "explain" not in threads, threads
 
 
 def test_snakemake_lint_reports_no_errors(project: Path) -> None:

@@ -24,7 +24,7 @@ rule evaluate:
         settings=params_at("seed", "data.classes", "evaluate"),
     log:
         "logs/evaluate/{modality}.log",
-    threads: TORCH_THREADS
+    threads: SHARED_TORCH_THREADS
     conda:
         "../envs/radflow.yaml"
     shell:

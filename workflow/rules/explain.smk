@@ -20,7 +20,7 @@ rule explain:
         settings=params_at("seed", "explain"),
     log:
         "logs/explain/{modality}.log",
-    threads: TORCH_THREADS
+    threads: SHARED_TORCH_THREADS
     conda:
         "../envs/radflow.yaml"
     shell:
