@@ -26,8 +26,8 @@ DEMO_LABELS = f"{DEMO_DIR}/labels.csv"
 # it, so a job that declares no threads runs torch on one core.
 TORCH_THREADS = config["train"].get("num_threads") or os.cpu_count() or 1
 # Evaluate and explain run once per modality on small batches: the modalities share those
-# cores side by side (the 3-modality demo ran 8% slower with each taking all of them, while
-# a one-modality profile's explain ran 1.7 times faster on both cores than on one).
+# cores and run side by side, and a one-modality profile gives them all of its cores (its
+# explain stage ran 1.7 times faster on 2 cores than on 1).
 SHARED_TORCH_THREADS = max(1, TORCH_THREADS // len(MODALITIES))
 
 
