@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = (args.budget_min * 60 - elapsed - reserve) * spare
         cfg["epochs"] = args.epochs or max(1, int(budget / per_epoch))
         print(f"about {per_epoch:.0f} s per epoch -> {cfg['epochs']} epochs", flush=True)
-    stored = segmentation.settings(cfg)
+    stored, ev = segmentation.settings(cfg), params["evaluate"]
     held_all = np.concatenate([held for _, _, held in triples])
     pred = np.zeros(masks.shape, dtype=bool)
     probs = np.zeros(masks.shape, dtype=np.float32)
@@ -256,11 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds.append(float(result.history["seconds"].mean()))
         if args.folds:
             fold, _ = evaluate.segmentation_metrics(
-                pred[held_idx], masks[held_idx] > 0, 0, params["evaluate"]["ci_level"], seed
+                pred[held_idx], masks[held_idx] > 0, 0, ev["ci_level"], seed
             )
             print(f"fold {k}: IoU tumour slices {fold['iou_lesion']['value']:.3f}", flush=True)
     truth, groups = masks[held_all] > 0, patients[held_all]
-    ev = params["evaluate"]
     summary, _ = evaluate.segmentation_metrics(
         pred[held_all], truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=groups
     )
