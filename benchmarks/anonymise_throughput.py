@@ -28,7 +28,7 @@ from pathlib import Path
 import data_store
 import pydicom
 
-from radflow import anonymise as an
+from radflow.data import anonymise as an
 
 KEY = b"benchmark-key-not-secret-0123456789"
 PYDICOM_DIR = Path(pydicom.data.__file__).parent / "test_files"

@@ -32,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def load_ct(params: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
     """HU pixels, labels (class index) and patient codes of the profile's CT images."""
-    from radflow import imaging, ingest, sources
+    from radflow.core import imaging
+    from radflow.data import ingest, sources
 
     result = ingest.ingest(sources.from_params(params["data"]))
     rows = result.manifest[result.manifest["modality"] == "ct"].sort_values("image_id")
@@ -45,7 +46,7 @@ def load_ct(params: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int
 
 def frozen_backbone() -> torch.nn.Module:
     """The packaged ImageNet Lite0 without its head: pooled features, built once."""
-    from radflow import models, weights
+    from radflow.learning import models, weights
 
     model, _ = models.build_classifier(weights.PACKAGED_ARCH, weights.PACKAGED, 2)
     model.reset_classifier(0)
@@ -61,7 +62,8 @@ def features(
 ) -> np.ndarray:
     import torch
 
-    from radflow import models, preprocess
+    from radflow.data import preprocess
+    from radflow.learning import models
 
     pp = pp | {"ct_window": {"center": window[0], "width": window[1]}, "image_size": size}
     images = np.stack([preprocess.prepare_image(p, "ct", pp) for p in pixels])
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from radflow import params as params_mod
+    from radflow.core import params as params_mod
 
     torch.set_num_threads(2)
     start = time.perf_counter()

@@ -32,7 +32,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from radflow import explain, imaging, models, preprocess  # noqa: E402
+from radflow.core import imaging
+from radflow.data import preprocess  # noqa: E402
+from radflow.explain import explain
+from radflow.learning import models
 
 
 def demo_cases(run: Path, modality: str, limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -70,7 +73,7 @@ def cheng_cases(
                 row.box_h * scale,
             ]
         )
-        lesions.append(explain.boxes_to_mask((size, size), box[None]))
+        lesions.append(lesions.boxes_to_mask((size, size), box[None]))
     return np.stack(images), np.stack(lesions), table["label_name"].astype(str).tolist()
 
 

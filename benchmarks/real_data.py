@@ -58,7 +58,7 @@ def folds(index: pd.DataFrame, k: int, seed: int) -> list[pd.DataFrame]:
     """k patient-grouped stratified folds; val is a grouped share of each training part."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from radflow import split
+    from radflow.data import split
 
     outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     labels, groups = index["label"].to_numpy(), split.stable_groups(index)
@@ -83,7 +83,7 @@ def pooled_metrics(scored: list[tuple], seed: int) -> dict:
     monotone change within the fold), then one 0.5 rule decides all; AUC uses the raw
     probabilities. Multi-class: argmax.
     """
-    from radflow import evaluate
+    from radflow.evaluation import evaluate
 
     classes = scored[0][3]
     y_true = np.concatenate([[classes.index(v) for v in s[0]] for s in scored])
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
-    from radflow import models, params, train
+    from radflow.core import params
+    from radflow.learning import models, train
 
     work = scratch_project(args.profile, args.set)
     env = os.environ | {

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from radflow import browser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import browser  # noqa: E402  (the Chromium harness lives with the tests)
 
 
 def measure(chromium: str, page: Path, repeats: int) -> dict[str, object]:

@@ -39,7 +39,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def load_arrays(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The segmenter's input (uint8, N x S x S, or N x C x S x S with context slices), masks
     (N x S x S), tumour flag and patient code per slice."""
-    from radflow import imaging, ingest, preprocess, segmentation, sources
+    from radflow.core import imaging
+    from radflow.data import ingest, preprocess, sources
+    from radflow.learning import segmentation
 
     result = ingest.ingest(sources.from_params(params["data"]))
     reasons = result.quarantine["reason"].astype(str)
@@ -62,7 +64,7 @@ def split_patients(
     tumour: np.ndarray, patients: np.ndarray, n_test: int, n_val: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Patient-grouped, tumour-stratified train / val / held-out slice indices."""
-    from radflow.split import take_fold
+    from radflow.data.split import take_fold
 
     n_patients = len(np.unique(patients))
     held = take_fold(tumour, patients, n_test / n_patients, seed)
@@ -74,7 +76,7 @@ def carve_val(
     rest: np.ndarray, tumour: np.ndarray, patients: np.ndarray, n_val: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """About n_val patients of `rest` for validation, the others for training."""
-    from radflow.split import take_fold
+    from radflow.data.split import take_fold
 
     share = n_val / len(np.unique(patients[rest]))
     is_val = take_fold(tumour[rest], patients[rest], share, seed + 1)
@@ -104,7 +106,7 @@ def seconds_per_epoch(
     import torch
     from monai.losses import DiceCELoss
 
-    from radflow import segmentation, train
+    from radflow.learning import segmentation, train
 
     cfg = train_params["segmenter"]
     train.seed_everything(seed)
@@ -194,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from radflow import evaluate, segmentation
-    from radflow import params as params_mod
+    from radflow.core import params as params_mod
+    from radflow.evaluation import evaluate
+    from radflow.learning import segmentation
 
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)  # the profile's ../shared paths are relative to the project root

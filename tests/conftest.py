@@ -78,7 +78,7 @@ def train_segmenter_dir(
 ) -> Path:
     """Train a small segmenter (the first n_train images train, the rest validate) and save
     it as a model directory whose meta.json says how predict prepares MRI images."""
-    from radflow import models, segmentation
+    from radflow.learning import models, segmentation
 
     result, origin = segmentation.train_segmenter(
         inputs, masks, np.arange(n_train), np.arange(n_train, len(inputs)), train_params, 0

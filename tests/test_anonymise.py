@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
-from radflow import anonymise as an
-from radflow import manifest as mf
+from radflow.core import manifest as mf
+from radflow.data import anonymise as an
 
 KEY = b"radflow-test-key-0123456789abcdef"
 OTHER_KEY = b"another-test-key-fedcba9876543210"

@@ -21,9 +21,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from radflow import anonymise as an
 from radflow import cli
-from radflow.anonymise_profile import DEFAULT_EDITION, Options, editions, load_table, resolve
+from radflow.data import anonymise as an
+from radflow.data.anonymise_profile import DEFAULT_EDITION, Options, editions, load_table, resolve
 
 KEY = b"radflow-test-key-0123456789abcdef"
 ROOT = "1.2.826.0.1.3680043.8.498.7777."

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from conftest import write_png
 
-from radflow import explain, ingest, manifest, preprocess, sources
+from radflow.core import lesions, manifest
+from radflow.data import ingest, preprocess, sources
 
 
 def _boxed_cohort(root, rng, box_x="30", box_w="20"):
@@ -79,7 +80,7 @@ def test_box_marks_the_same_pixels_as_the_image_content_after_preprocessing():
     processed = preprocess.to_square(image, 40, "nearest") > 0.5
     box = preprocess.box_to_processed("20 15 40 25", image.shape, 40)
     index = pd.DataFrame({"array_index": [0], "has_mask": [0], "box": [box]})
-    lesion = explain.lesions_from_index(np.zeros((1, 40, 40), np.uint8), index)[0]
+    lesion = lesions.lesions_from_index(np.zeros((1, 40, 40), np.uint8), index)[0]
     assert (lesion == processed).mean() > 0.97
 
 
@@ -89,7 +90,7 @@ def test_a_mask_wins_over_a_box_and_images_without_either_have_no_lesion():
     index = pd.DataFrame(
         {"array_index": [0, 1, 2], "has_mask": [1, 0, 0], "box": ["4 4 8 8", "4 4 8 8", ""]}
     )
-    lesions = explain.lesions_from_index(masks, index)
-    assert lesions[0].sum() == 4 and lesions[0][1, 1]
-    assert lesions[1][4:, 4:].all() and lesions[1].sum() == 16
-    assert 2 not in lesions
+    found = lesions.lesions_from_index(masks, index)
+    assert found[0].sum() == 4 and found[0][1, 1]
+    assert found[1][4:, 4:].all() and found[1].sum() == 16
+    assert 2 not in found

@@ -15,11 +15,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import browser
 import pytest
 from test_report import MALICIOUS, _cards, _context
 
-from radflow import browser
-from radflow import report as rp
+from radflow.report import report as rp
 
 CHROMIUM = browser.find_chromium()
 pytestmark = pytest.mark.skipif(

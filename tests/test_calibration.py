@@ -1,6 +1,6 @@
 import numpy as np
 
-from radflow import calibration
+from radflow.learning import calibration
 
 
 def _overconfident(n=400, seed=0):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from radflow.demo import PRIVATE_CREATOR, SPECS, generate_cohort
+from radflow.data.demo import PRIVATE_CREATOR, SPECS, generate_cohort
 
 SMALL = {
     "patients_per_modality": 5,

@@ -93,7 +93,7 @@ def test_models_record_their_pretrained_origin(project):
 
 
 def test_no_planted_identifier_reaches_the_reports(project):
-    from radflow import imaging
+    from radflow.core import imaging
 
     names = set()
     for path in (project / "data/raw/demo").rglob("*.dcm"):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from radflow import evaluate as ev
+from radflow.evaluation import evaluate as ev
 
 CLASSES2 = ["negative", "positive"]
 CLASSES3 = ["a", "b", "c"]

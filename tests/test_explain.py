@@ -13,7 +13,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from radflow import explain as ex  # noqa: E402
+from radflow.core import lesions  # noqa: E402
+from radflow.explain import explain as ex  # noqa: E402
 
 SIZE = 32
 SQUARES = [(4, 18), (20, 6)]  # top-left corners of the 8x8 bright squares
@@ -313,7 +314,7 @@ def test_energy_in_lesion_is_the_share_of_relevance_inside():
 
 def test_box_variants_use_centre_and_size_in_pixels():
     boxes = np.array([[30.0, 20.0, 10.0, 6.0]])  # centre x=30, y=20, 10 wide, 6 high
-    mask = ex.boxes_to_mask((50, 60), boxes)
+    mask = lesions.boxes_to_mask((50, 60), boxes)
     rows, cols = np.nonzero(mask)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (17, 22, 25, 34)
     heat = np.zeros((50, 60))

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from conftest import write_dicom, write_png
 
-from radflow import ingest, manifest, sources
+from radflow.core import manifest
+from radflow.data import ingest, sources
 
 
 def _cohort(root, rng):

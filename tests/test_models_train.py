@@ -5,7 +5,7 @@ import timm
 import torch
 from conftest import write_png
 
-from radflow import models, predict, train, weights
+from radflow.learning import models, predict, train, weights
 
 TRAIN = {
     "device": "cpu",

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from radflow import params
+from radflow.core import params
 
 ROOT = Path(__file__).resolve().parents[1]
 

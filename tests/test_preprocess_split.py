@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radflow import preprocess, split
+from radflow.data import preprocess, split
 
 PP = {
     "image_size": 32,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radflow import evaluate as ev
-from radflow import report as rp
+from radflow.evaluation import evaluate as ev
+from radflow.report import report as rp
 
 MALICIOUS = "<script>alert(1)</script>"
 

@@ -15,10 +15,13 @@ import torch
 from conftest import train_segmenter_dir, write_dicom, write_png
 from PIL import Image
 
-from radflow import cli, export, models, params, predict, segmentation, sources, weights
-from radflow import evaluate as ev
-from radflow.fileio import read_json
-from radflow.preprocess import to_square
+from radflow import cli
+from radflow.core import export, params
+from radflow.core.fileio import read_json
+from radflow.data import sources
+from radflow.data.preprocess import to_square
+from radflow.evaluation import evaluate as ev
+from radflow.learning import models, predict, segmentation, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LGG = ROOT.parent / "shared" / "datasets" / "mri-lgg-segmentation"
@@ -360,10 +363,12 @@ def test_lgg_adapter_labels_every_slice_and_finds_every_mask(monkeypatch):
     overlay = params.read_yaml(ROOT / "profiles" / "mri-lgg-segmentation.yaml")
     source = sources.from_params(overlay["data"])
     table = sources.labels_table(source)
-    assert len(table) == 748
-    assert (table["label"] == "tumour").sum() == 267
+    # judged against slices.csv read independently, so the set may grow (22 -> 88 patients)
+    truth = pd.read_csv(LGG / "slices.csv")
+    assert len(table) == len(truth) > 0
+    assert (table["label"] == "tumour").sum() == (truth["tumour_pixels"] > 0).sum()
     assert all((source.raw_dir / m).is_file() for m in table["mask"])
-    assert table["patient_id"].nunique() == 22
+    assert table["patient_id"].nunique() == truth["patient"].nunique()
 
 
 def test_evaluate_writes_per_patient_metrics_and_case_overlays(trained, tmp_path):
@@ -390,7 +395,7 @@ def test_evaluate_writes_per_patient_metrics_and_case_overlays(trained, tmp_path
 def test_report_shows_per_patient_metrics_and_best_median_worst_overlays():
     from test_report import _context
 
-    from radflow import report
+    from radflow.report import report
 
     true = np.stack([_square(16, 2, 2, 6)] * 4 + [np.zeros((16, 16), bool)] * 2)
     pred = np.stack([_square(16, 2, 2 + k, 6) for k in range(4)] + [np.zeros((16, 16), bool)] * 2)

@@ -12,17 +12,10 @@ import pytest
 import torch
 from conftest import train_segmenter_dir, write_dicom, write_png
 
-from radflow import (
-    imaging,
-    ingest,
-    models,
-    predict,
-    report,
-    segmentation,
-    sources,
-    volumes,
-    weights,
-)
+from radflow.core import imaging, volumes
+from radflow.data import ingest, sources
+from radflow.learning import models, predict, segmentation, weights
+from radflow.report import report
 
 TRAIN = {
     "device": "cpu",

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radflow import manifest as manifest_mod
-from radflow import params as params_mod
-from radflow.fileio import (
+from radflow.core import manifest as manifest_mod
+from radflow.core import params as params_mod
+from radflow.core.fileio import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
@@ -82,7 +82,7 @@ def _read_split(path: Path) -> pd.DataFrame:
 
 
 def cmd_demo(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import demo
+    from radflow.data import demo
 
     out = Path(args.out)
     labels: list[pd.DataFrame] = []
@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import ingest, sources
+    from radflow.data import ingest, sources
 
     data = params["data"]
     result = ingest.ingest(sources.from_params(data))
@@ -114,7 +114,7 @@ def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
-    from radflow import anonymise
+    from radflow.data import anonymise
 
     settings_params = dict((params or {}).get("anonymise") or {})
     for name in anonymise.OPTION_NAMES:
@@ -164,7 +164,8 @@ def _relocate(frame: pd.DataFrame, tmp: Path, final: Path) -> pd.DataFrame:
 
 
 def cmd_preprocess(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import imaging, preprocess
+    from radflow.core import imaging
+    from radflow.data import preprocess
 
     rows = manifest_mod.for_modality(manifest_mod.read(args.manifest), args.modality)
     if rows.empty:
@@ -188,7 +189,7 @@ def cmd_preprocess(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import split
+    from radflow.data import split
 
     index = _read_csv(Path(args.index))
     sp = params["split"]
@@ -206,7 +207,8 @@ def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import models, provenance, train
+    from radflow.core import provenance
+    from radflow.learning import models, train
 
     if params["train"].get("num_threads"):
         import torch
@@ -239,9 +241,9 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         cfg = params["train"]["classifier"]
         lesions = None
         if cfg.get("lesion_attention", 0):
-            from radflow import explain
+            from radflow.core import lesions as lesions_mod
 
-            lesions = explain.lesion_maps(masks, index)
+            lesions = lesions_mod.lesion_maps(masks, index)
         result, origin = train.train_classifier(
             images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
             checkpoint, lesions,
@@ -270,7 +272,7 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
                 ),
             )
             return
-        from radflow import segmentation
+        from radflow.learning import segmentation
 
         seg_cfg = params["train"]["segmenter"]
         inputs = segmentation.model_input(images, index, seg_cfg)
@@ -297,7 +299,9 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import evaluate, ingest, models, train
+    from radflow.data import ingest
+    from radflow.evaluation import evaluate
+    from radflow.learning import models, train
 
     data_dir = Path(args.data)
     images, masks, index = _load_processed(data_dir)
@@ -391,7 +395,7 @@ def _evaluate_segmenter(
 ) -> tuple[dict[str, Any] | None, pd.DataFrame, dict[str, bytes]]:
     """Test-set segmentation metrics (per slice and per patient), the per-image table and
     overlay PNGs of the best, median and worst lesion cases."""
-    from radflow import models, segmentation, train
+    from radflow.learning import models, segmentation, train
 
     empty = pd.DataFrame(
         columns=["image_id", "patient_key", "dice", "iou", "hd95", "truth_empty", "pred_empty"]
@@ -410,14 +414,16 @@ def _evaluate_segmenter(
 
 
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import explain, models
+    from radflow.core import lesions as lesions_mod
+    from radflow.explain import explain
+    from radflow.learning import models
 
     images, masks, index = _load_processed(Path(args.data))
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
     cfg, seed = params["explain"], params["seed"]
     cfg = {**cfg, "cam_layer": explain.cam_layer_for(cfg.get("cam_layer", "auto"), meta)}
-    lesions = explain.lesions_from_index(masks, index)
+    lesions = lesions_mod.lesions_from_index(masks, index)
     result = explain.explain_cases(model, images, lesions, predictions, meta["classes"], cfg, seed)
     cases, thumbnails = explain.case_browser(
         model, images, predictions, meta["classes"], cfg["case_browser_max"]
@@ -440,7 +446,7 @@ def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow import report
+    from radflow.report import report
 
     out = Path(args.out)
     if args.index:
@@ -449,7 +455,7 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
             {"modality": m, "metrics": _maybe_json(root / m / "metrics.json")}
             for m in params["modalities"]
         ]
-        from radflow import provenance
+        from radflow.core import provenance
 
         context = {
             "params_hash": params_mod.params_hash(params),
@@ -471,7 +477,7 @@ def _maybe_json(path: Path) -> dict[str, Any] | None:
 
 def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     """Everything one modality page shows, read from the stage outputs."""
-    from radflow import provenance
+    from radflow.core import provenance
 
     evaluation, explanations, models_dir = (
         Path(args.evaluation),
@@ -516,7 +522,7 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
 
 
 def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
-    from radflow import predict
+    from radflow.learning import predict
 
     meta_path = Path(args.model) / "meta.json"
     if meta_path.exists() and read_json(meta_path).get("task") == "segmenter":
@@ -530,7 +536,8 @@ def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None
 def _predict_masks(model_dir: Path, images: Path, out: Path) -> None:
     """One 0/255 mask PNG and one NIfTI per image (same relative path under out), a DICOM
     SEG beside them for DICOM inputs, and masks.csv (area and confidence per image)."""
-    from radflow import export, predict, segmentation
+    from radflow.core import export
+    from radflow.learning import predict, segmentation
 
     if out.exists() and any(out.iterdir()) and not (out / predict.MASK_TABLE).exists():
         raise ValueError(f"{out} is a folder with other files; give a new or empty folder")

@@ -16,7 +16,7 @@ from pathlib import Path
 import timm
 import torch
 
-from radflow.fileio import atomic_write
+from radflow.core.fileio import atomic_write
 
 PACKAGED = "packaged"
 PACKAGED_ARCH = "tf_efficientnet_lite0"

@@ -51,9 +51,9 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from PIL import Image
 
-from radflow import volumes
-from radflow import weights as weights_mod
-from radflow.models import normalise_batch
+from radflow.core import volumes
+from radflow.learning import weights as weights_mod
+from radflow.learning.models import normalise_batch
 
 ARCHS = ("unet", "flexible_unet_lite0")
 LITE0_BACKBONE = "timm-tf_efficientnet_lite0"
@@ -338,7 +338,7 @@ def train_segmenter(
     slices). Dice + cross-entropy (sigmoid, Dice over the whole batch so lesion-free slices have
     a defined loss), joint image/mask augmentation, best epoch by validation mean Dice
     after post-processing. Returns (train.TrainResult, weights origin)."""
-    from radflow import train
+    from radflow.learning import train
 
     train.seed_everything(seed)
     cfg = train_params["segmenter"]
@@ -455,7 +455,7 @@ def score_test_cases(
     """Segmentation metrics (per slice and per patient) for the test rows (image_id,
     patient_key, array_index), the per-image table and overlay PNGs of the best, median and
     worst lesion cases. `images` is the model input of every array row (model_input)."""
-    from radflow import evaluate
+    from radflow.evaluation import evaluate
 
     idx = rows["array_index"].to_numpy()
     pred, _ = predict_masks(model, images[idx], meta)

@@ -76,15 +76,16 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from radflow import manifest as mf
-from radflow.anonymise_pixels import (
+from radflow.core import manifest as mf
+from radflow.core.fileio import atomic_write, atomic_write_text
+from radflow.data.anonymise_pixels import (
     BlackoutRule,
     black_out,
     burned_in_reason,
     matching_rule,
     rules_from_params,
 )
-from radflow.anonymise_profile import (
+from radflow.data.anonymise_profile import (
     DESCRIPTORS,
     OPTION_NAMES,
     Options,
@@ -92,7 +93,6 @@ from radflow.anonymise_profile import (
     build_profile,
     tags_for,
 )
-from radflow.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 

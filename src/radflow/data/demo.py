@@ -31,7 +31,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from radflow.fileio import atomic_write_bytes, atomic_write_text
+from radflow.core.fileio import atomic_write_bytes, atomic_write_text
 
 DEFAULTS: dict[str, Any] = {
     "patients_per_modality": 20,

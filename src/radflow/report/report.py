@@ -59,7 +59,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from radflow import __version__
-from radflow.explain import ExplanationRecord
+from radflow.explain.explain import ExplanationRecord
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -448,7 +448,7 @@ def _misclassified_rows(
     """Wrong predictions, most confident first, with the case thumbnail where there is one."""
     if predictions is None:
         return None
-    from radflow.evaluate import misclassified
+    from radflow.evaluation.evaluate import misclassified
 
     thumbs = {str(c["image_id"]): data_uri(c["png"]) for c in cases if c.get("png")}
     table = misclassified(predictions, limit)
@@ -465,7 +465,7 @@ def _misclassified_rows(
 
 
 def _subgroup_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
-    from radflow.evaluate import SUBGROUP_COLUMNS, SUBGROUP_METRICS
+    from radflow.evaluation.evaluate import SUBGROUP_COLUMNS, SUBGROUP_METRICS
 
     sub = metrics.get("subgroups")
     if sub is None:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radflow import imaging, volumes
-from radflow.evaluate import decide
-from radflow.models import load_model
-from radflow.preprocess import prepare_image
-from radflow.train import predict_probs
+from radflow.core import imaging, volumes
+from radflow.data.preprocess import prepare_image
+from radflow.evaluation.evaluate import decide
+from radflow.learning.models import load_model
+from radflow.learning.train import predict_probs
 
 
 def image_files(root: Path) -> list[Path]:
@@ -100,7 +100,7 @@ def segment_folder(
     mask 1 - max_prob, the confidence that there is none), error (unreadable input; no
     mask then).
     """
-    from radflow import segmentation
+    from radflow.learning import segmentation
 
     model, meta = load_model(model_dir)
     if meta["task"] != "segmenter":

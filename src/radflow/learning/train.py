@@ -32,8 +32,8 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor, set_determinism
 from sklearn.metrics import roc_auc_score
 
-from radflow.fileio import atomic_write
-from radflow.models import build_classifier, fast_layout, linear_head, normalise_batch
+from radflow.core.fileio import atomic_write
+from radflow.learning.models import build_classifier, fast_layout, linear_head, normalise_batch
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def predict_probs(
     tta: bool = False,
 ) -> np.ndarray:
     """Class probabilities (temperature-scaled softmax) for uint8 (N, H, W) arrays."""
-    from radflow.calibration import softmax
+    from radflow.learning.calibration import softmax
 
     logits = predict_logits(model, images, batch, tta)
     return softmax(logits, temperature) if len(logits) else logits
@@ -412,7 +412,7 @@ def predict_probs(
 
 def decide(logits: np.ndarray, labels: np.ndarray, decision: dict[str, Any]) -> dict[str, Any]:
     """Temperature and (binary) operating threshold fitted on validation logits."""
-    from radflow import calibration
+    from radflow.learning import calibration
 
     temperature = (
         calibration.fit_temperature(logits, labels)

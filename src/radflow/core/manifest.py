@@ -104,7 +104,7 @@ def read(path: str | Path) -> pd.DataFrame:
 
 
 def write(frame: pd.DataFrame, path: str | Path) -> None:
-    from radflow.fileio import atomic_write_text
+    from radflow.core.fileio import atomic_write_text
 
     atomic_write_text(path, validate(frame).to_csv(index=False))
 

@@ -10,8 +10,8 @@ import pandas as pd
 import timm
 import torch
 
-from radflow import weights as weights_mod
-from radflow.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from radflow.core.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from radflow.learning import weights as weights_mod
 
 MEAN = 0.5  # tf_efficientnet_lite0 normalisation: (x - 0.5) / 0.5
 STD = 0.5
@@ -91,7 +91,7 @@ def linear_head(model: torch.nn.Module) -> torch.nn.Linear:
 def build_segmenter(cfg: dict[str, Any] | list[int]) -> torch.nn.Module:
     """The segmenter architecture from train.segmenter (or meta.json), untrained; a list is
     the channels of the plain U-Net. radflow.segmentation builds it (and the weights)."""
-    from radflow import segmentation
+    from radflow.learning import segmentation
 
     if isinstance(cfg, list):
         cfg = {"arch": "unet", "channels": cfg}

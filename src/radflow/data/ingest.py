@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from radflow import imaging, manifest, sources
-from radflow.manifest import Quarantined
-from radflow.sources import Source
+from radflow.core import imaging, manifest
+from radflow.core.manifest import Quarantined
+from radflow.data import sources
+from radflow.data.sources import Source
 
 STAGE = "ingest"
 

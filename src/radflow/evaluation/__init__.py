@@ -1,0 +1,1 @@
+"""Evaluation: metrics with confidence intervals, from predictions and truths."""

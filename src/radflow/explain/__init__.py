@@ -1,0 +1,1 @@
+"""Explanations: methods, faithfulness scores and rendering of the maps."""
