@@ -62,7 +62,7 @@ def params_overlay():
             f"params.yaml or write an overlay under {OVERLAY_DIR}/ instead of passing --config"
         )
     extra = [
-        p for p in workflow.overwrite_configfiles or ()
+        str(p) for p in workflow.overwrite_configfiles or ()
         if os.path.abspath(p) != os.path.abspath("params.yaml")
     ]
     old = [
