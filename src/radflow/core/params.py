@@ -44,7 +44,12 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def _set_defaults(validator: Any, properties: dict[str, Any], instance: Any, subschema: Any):
+_PROPERTIES = jsonschema.Draft202012Validator.VALIDATORS["properties"]
+
+
+def _set_defaults(
+    validator: Any, properties: dict[str, Any], instance: Any, subschema: Any
+) -> Iterator[jsonschema.ValidationError]:
     """jsonschema's documented recipe: set each missing property's default, then validate.
 
     The same as Snakemake's, except that it leaves non-mappings alone (they are errors that
@@ -57,7 +62,6 @@ def _set_defaults(validator: Any, properties: dict[str, Any], instance: Any, sub
     yield from _PROPERTIES(validator, properties, instance, subschema)
 
 
-_PROPERTIES = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 _Filler = validators.extend(jsonschema.Draft202012Validator, {"properties": _set_defaults})
 
 
