@@ -9,7 +9,8 @@
 #
 # Each rule runs its DVC stage's command with `> {log} 2>&1` appended (logs/ folder).
 # params.yaml is the only source of parameters: every command reads it itself, so the
-# Snakemake config may not be changed with --config or another --configfile (common.smk).
+# Snakemake config may not be changed with --config or another --configfile than a dataset
+# params overlay, `--configfile params/<name>.yaml` (common.smk).
 
 from snakemake.utils import min_version, validate
 
@@ -19,7 +20,8 @@ min_version("8.20")
 configfile: "params.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
+# Fills the schema's defaults into config (as radflow.core.params does for the stages).
+validate(config, "workflow/schemas/params.schema.yaml", set_default=True)
 
 
 include: "workflow/rules/common.smk"

@@ -4,7 +4,7 @@ A linear probe (logistic regression on the pooled features of the packaged, froz
 EfficientNet-Lite0) per HU window, scored by patient-grouped stratified k-fold AUC, repeated
 over a few fold shuffles. It takes about 20 s per window on 2 cores, against 4 min for a
 5-fold fine-tune, so it screens windows before `real_data.py` confirms one. The images go
-through the profile's adapter and the pipeline's ingest and `prepare_image`, as in training.
+through the overlay's adapter and the pipeline's ingest and `prepare_image`, as in training.
 
     .venv/bin/python benchmarks/ct_window_probe.py --windows 100/300,200/200,50/400
     .venv/bin/python benchmarks/ct_window_probe.py --windows 200/200 --sizes 160,224,320,416
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def load_ct(params: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
-    """HU pixels, labels (class index) and patient codes of the profile's CT images."""
+    """HU pixels, labels (class index) and patient codes of the overlay's CT images."""
     from radflow.core import imaging
     from radflow.data import ingest, sources
 
@@ -91,9 +91,12 @@ def probe_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=str(ROOT / "profiles/ct-contrast.yaml"))
+    parser.add_argument(
+        "--overlay", "--profile", dest="overlay", default=str(ROOT / "params/ct-contrast.yaml"),
+        help="params/<name>.yaml (--profile: this option's name before issue 14)",
+    )  # fmt: skip
     parser.add_argument("--windows", default="100/300,200/200", help="centre/width,... in HU")
-    parser.add_argument("--sizes", default="", help="image sizes in px (default: the profile's)")
+    parser.add_argument("--sizes", default="", help="image sizes in px (default: the overlay's)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--shuffles", type=int, default=3)
     args = parser.parse_args(argv)
@@ -104,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     start = time.perf_counter()
-    os.chdir(ROOT)  # the profile's ../shared paths are relative to the project root
+    os.chdir(ROOT)  # the overlay's ../shared paths are relative to the project root
+    params_mod.check_overlay_path(args.overlay)  # profiles/<name>.yaml: names params/<name>.yaml
     params = params_mod.merge(
-        params_mod.read_yaml(ROOT / "params.yaml"), params_mod.read_yaml(Path(args.profile))
+        params_mod.read_yaml(ROOT / "params.yaml"), params_mod.read_yaml(Path(args.overlay))
     )
-    params_mod.validate(params, args.profile)
+    params = params_mod.validate(params, args.overlay)  # with the schema's defaults
     pixels, labels, patients, quarantined = load_ct(params)
     print(
         f"{len(pixels)} CT images of {patients.max() + 1} patients "

@@ -1,4 +1,4 @@
-"""Benchmark: train and validate radflow on one of the shared datasets, by its profile.
+"""Benchmark: train and validate radflow on one of the shared datasets, by its params overlay.
 
 Runs the real stages (ingest, anonymise, preprocess, train) in a scratch folder, on a
 patient-grouped split of the provided data (k-fold with --folds: every image is scored once by
@@ -6,8 +6,8 @@ a model that never saw its patient), and prints ACC, AUC, sensitivity and specif
 95% bootstrap CIs and the wall time. The held-out test portions are not here; this is a
 validation estimate.
 
-    .venv/bin/python benchmarks/real_data.py --profile profiles/ct-contrast.yaml --folds 5
-    .venv/bin/python benchmarks/real_data.py --profile profiles/xray-pneumonia.yaml \\
+    .venv/bin/python benchmarks/real_data.py --overlay params/ct-contrast.yaml --folds 5
+    .venv/bin/python benchmarks/real_data.py --overlay params/xray-pneumonia.yaml \\
         --set train.classifier.epochs=3
 """
 
@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def scratch_project(profile: Path, overrides: list[str]) -> Path:
+def scratch_project(overlay_path: Path, overrides: list[str]) -> Path:
     """A throw-away project whose ../shared points at the real shared folder."""
     base = Path(tempfile.mkdtemp(prefix="radflow-real-"))
     (base / "shared").symlink_to((ROOT.parent / "shared").resolve())
     work = base / "work"
-    (work / "profiles").mkdir(parents=True)
+    (work / "params").mkdir(parents=True)
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-    overlay = yaml.safe_load(profile.read_text())
+    overlay = yaml.safe_load(overlay_path.read_text())
     for item in overrides:
         key, value = item.split("=", 1)
         node = overlay
@@ -46,7 +46,7 @@ def scratch_project(profile: Path, overrides: list[str]) -> Path:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    (work / "profiles" / profile.name).write_text(yaml.safe_dump(overlay, sort_keys=False))
+    (work / "params" / overlay_path.name).write_text(yaml.safe_dump(overlay, sort_keys=False))
     return work
 
 
@@ -104,20 +104,24 @@ def pooled_metrics(scored: list[tuple], seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", required=True, type=Path)
-    parser.add_argument("--folds", type=int, default=1, help="1 = the profile's single split")
-    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the profile")
+    parser.add_argument(
+        "--overlay", "--profile", dest="overlay", required=True, type=Path,
+        help="params/<name>.yaml (--profile: this option's name before issue 14)",
+    )  # fmt: skip
+    parser.add_argument("--folds", type=int, default=1, help="1 = the overlay's single split")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the overlay")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
     from radflow.core import params
     from radflow.learning import models, train
 
-    work = scratch_project(args.profile, args.set)
+    params.check_overlay_path(args.overlay)  # profiles/<name>.yaml: names params/<name>.yaml
+    work = scratch_project(args.overlay, args.set)
     env = os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "HF_HUB_OFFLINE": "1",
-        "RADFLOW_PROFILE": str(work / "profiles" / args.profile.name),
+        params.OVERLAY_ENV: str(work / "params" / args.overlay.name),
         "RADFLOW_PSEUDONYM_KEY": secrets.token_hex(16),  # fresh per run, never stored
     }
     p = params.load(work / "params.yaml", environ=env)
@@ -166,7 +170,7 @@ def main() -> None:
         return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
     n = sum(len(s[0]) for s in scored)
-    print(f"\n{args.profile.name}: {n} validation images, {args.folds} fold(s), "
+    print(f"\n{args.overlay.name}: {n} validation images, {args.folds} fold(s), "
           f"patient-grouped; wall {wall / 60:.1f} min on {os.cpu_count()} cores\n")  # fmt: skip
     print("| metric | value [95% CI] |\n|---|---|")
     for name in ("accuracy", "auc", "sensitivity", "specificity", "balanced_accuracy"):

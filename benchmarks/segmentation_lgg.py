@@ -1,10 +1,10 @@
 """Benchmark: the LGG FLAIR tumour segmenter within a wall-time budget on the CPU.
 
-Reads ../shared/datasets/mri-lgg-segmentation through the profile's data adapter (the same
+Reads ../shared/datasets/mri-lgg-segmentation through the overlay's data adapter (the same
 ingest and preprocess code as the pipeline), splits the patients three ways (held-out
 patients for the table, a few validation patients for choosing the best epoch, the rest for
 training; no patient in two parts), sizes the number of epochs to the budget by timing a few
-training steps, trains the profile's segmenter (train.segmenter + train.augment) and prints
+training steps, trains the overlay's segmenter (train.segmenter + train.augment) and prints
 Dice, IoU and HD95 with 95% patient-bootstrap CIs, per slice and per patient, the
 false-positive rate on tumour-free slices and the wall time. The held-out patients are
 never used for any choice; the dataset's withheld test patients are not in the folder.
@@ -14,7 +14,7 @@ never used for any choice; the dataset's withheld test patients are not in the f
     .venv/bin/python benchmarks/segmentation_lgg.py --folds 4          # every patient held out once
 
 With --folds K the patients are split into K patient-grouped, tumour-stratified folds; each
-fold is held out once while the others train (with the profile's epochs, or --epochs), and
+fold is held out once while the others train (with the overlay's epochs, or --epochs), and
 the table pools the held-out predictions of all folds: every patient is scored once, by a
 model that never saw them, instead of 5 patients by one model.
 """
@@ -177,7 +177,11 @@ def table(summary: dict, pp_summary: dict | None, wall: float, info: dict) -> st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default=str(ROOT / "profiles/mri-lgg-segmentation.yaml"))
+    parser.add_argument(
+        "--overlay", "--profile", dest="overlay",
+        default=str(ROOT / "params" / "mri-lgg-segmentation.yaml"),
+        help="params/<name>.yaml (--profile: this option's name before issue 14)",
+    )  # fmt: skip
     parser.add_argument("--budget-min", type=float, default=30.0, help="whole run, minutes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, help="fix the epochs instead of fitting the budget")
@@ -201,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     from radflow.learning import segmentation
 
     torch.set_num_threads(args.threads)
-    os.chdir(ROOT)  # the profile's ../shared paths are relative to the project root
+    os.chdir(ROOT)  # the overlay's ../shared paths are relative to the project root
+    params_mod.check_overlay_path(args.overlay)  # profiles/<name>.yaml: names params/<name>.yaml
     params = params_mod.merge(
-        params_mod.read_yaml(ROOT / "params.yaml"), params_mod.read_yaml(Path(args.profile))
+        params_mod.read_yaml(ROOT / "params.yaml"), params_mod.read_yaml(Path(args.overlay))
     )
     if args.arch:
         params["train"]["segmenter"]["arch"] = args.arch
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         params["train"]["segmenter"]["keep"] = args.keep
     if args.context is not None:
         params["train"]["segmenter"]["context_slices"] = args.context
-    params_mod.validate(params, args.profile)
+    params = params_mod.validate(params, args.overlay)  # with the schema's defaults
     seed, cfg = params["seed"], params["train"]["segmenter"]
     images, masks, tumour, patients = load_arrays(params)
     if args.folds:

@@ -93,3 +93,10 @@ def train_segmenter_dir(
     }  # fmt: skip
     models.save_model(out, result.state, meta, result.history)
     return out
+
+
+def filled(section: str, values: dict) -> dict:
+    """params[section] as params.load gives it to a stage: values plus the schema's defaults."""
+    from radflow.core import params
+
+    return params.with_defaults({section: values})[section]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import filled
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -385,19 +386,19 @@ def test_real_files_lose_identifiers_and_keep_pixels(tmp_path, name):
 def test_missing_key_for_real_data_names_the_env_var_and_param():
     params = {"key_env": "RADFLOW_PSEUDONYM_KEY", "key_file": None}
     with pytest.raises(an.KeyConfigError, match="RADFLOW_PSEUDONYM_KEY") as info:
-        an.load_key(params, "folder", {})
+        an.load_key(filled("anonymise", params), "folder", {})
     assert isinstance(info.value, ValueError)
     assert "anonymise.key_file" in str(info.value)
 
 
 def test_demo_key_is_used_for_demo_data_only():
     params = {"key_env": "RADFLOW_PSEUDONYM_KEY", "key_file": None}
-    key, origin = an.load_key(params, "demo", {})
+    key, origin = an.load_key(filled("anonymise", params), "demo", {})
     assert key == an.DEMO_KEY and "demo" in origin.lower() and "never" in origin
 
     env = {"RADFLOW_PSEUDONYM_KEY": an.DEMO_KEY.decode()}
     with pytest.raises(an.KeyConfigError, match="demo key"):
-        an.load_key(params, "folder", env)
+        an.load_key(filled("anonymise", params), "folder", env)
 
 
 def test_key_comes_from_env_then_file_and_origin_never_shows_it(tmp_path):
@@ -405,29 +406,31 @@ def test_key_comes_from_env_then_file_and_origin_never_shows_it(tmp_path):
     params = {"key_env": "MY_KEY", "key_file": str(tmp_path / "key.txt")}
     (tmp_path / "key.txt").write_text("file-key-material-abcdef0123\n")
 
-    key, origin = an.load_key(params, "folder", {"MY_KEY": secret})
+    key, origin = an.load_key(filled("anonymise", params), "folder", {"MY_KEY": secret})
     assert key == secret.encode() and "MY_KEY" in origin and secret not in origin
 
-    key, origin = an.load_key(params, "folder", {})
+    key, origin = an.load_key(filled("anonymise", params), "folder", {})
     assert key == b"file-key-material-abcdef0123" and "file-key" not in origin
 
 
 def test_bad_key_files_and_short_keys_are_refused(tmp_path):
     missing = tmp_path / "nope.key"
     with pytest.raises(an.KeyConfigError, match="nope.key"):
-        an.load_key({"key_file": str(missing)}, "folder", {})
+        an.load_key(filled("anonymise", {"key_file": str(missing)}), "folder", {})
     empty = tmp_path / "empty.key"
     empty.write_text("\n")
     with pytest.raises(an.KeyConfigError, match="empty"):
-        an.load_key({"key_file": str(empty)}, "folder", {})
+        an.load_key(filled("anonymise", {"key_file": str(empty)}), "folder", {})
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     (repo / "secrets").mkdir()
     (repo / "secrets" / "k.key").write_text("x" * 40)
     with pytest.raises(an.KeyConfigError, match="git repository"):
-        an.load_key({"key_file": str(repo / "secrets" / "k.key")}, "folder", {})
+        an.load_key(
+            filled("anonymise", {"key_file": str(repo / "secrets" / "k.key")}), "folder", {}
+        )
     with pytest.raises(an.KeyConfigError, match="too short"):
-        an.load_key({"key_env": "K"}, "folder", {"K": "short"})
+        an.load_key(filled("anonymise", {"key_env": "K"}), "folder", {"K": "short"})
 
 
 def test_unreadable_inputs_are_quarantined_and_counts_balance(tmp_path, two_patients):
@@ -556,3 +559,33 @@ def test_tree_mode_refuses_output_inside_input(tmp_path):
     (tmp_path / "in").mkdir()
     with pytest.raises(ValueError, match="must not be inside"):
         an.anonymise_tree(tmp_path / "in", tmp_path / "in" / "out", KEY)
+
+
+def test_settings_from_lets_flags_win_over_params_and_reads_the_key_for_the_source(tmp_path):
+    key_file = tmp_path / "k.key"
+    key_file.write_text("file-key-material-abcdef0123\n")
+    params = {
+        "data": {"source": "folder"},
+        "anonymise": filled("anonymise", {"retain_uids": True, "clean_descriptors": True}),
+    }
+    flags = {"retain_uids": False, "clean_descriptors": None, "key_file": str(key_file)}
+    settings, key, origin = an.settings_from(params, flags, {})
+    assert settings.options.retain_uids is False  # the flag wins
+    assert settings.options.clean_descriptors is True  # not given: params stay
+    assert key == b"file-key-material-abcdef0123" and "key file" in origin
+    with pytest.raises(an.KeyConfigError, match="RADFLOW_PSEUDONYM_KEY"):
+        an.settings_from(params, {}, {})  # folder data needs a key
+    with pytest.raises(ValueError, match="no such setting"):
+        an.settings_from(params, {"retain_everything": True}, {})
+
+
+def test_settings_from_without_params_uses_the_schema_defaults_and_refuses_the_demo_key():
+    settings, key, _ = an.settings_from(None, {}, {"RADFLOW_PSEUDONYM_KEY": KEY.decode()})
+    assert settings.options == an.Options() and key == KEY
+    with pytest.raises(an.KeyConfigError):
+        an.settings_from(None, {}, {})  # no params: data.source counts as folder
+
+
+def test_the_option_dataclass_defaults_agree_with_the_schema():
+    assert an.Options.from_params(an.default_params()) == an.Options()
+    assert an.default_settings().options == an.Options()

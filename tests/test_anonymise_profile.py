@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import filled
 from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -197,7 +198,7 @@ def test_safe_private_tags_from_params_are_kept_with_their_creator():
     block.add_new(0x08, "LO", "kept-value")
     block.add_new(0x09, "LO", "dropped-value")
     params = {"safe_private_tags": [{"group": "0x0029", "creator": "SAFE VENDOR", "element": 8}]}
-    settings = an.Settings.from_params(params)
+    settings = an.Settings.from_params(filled("anonymise", params))
     an.anonymise_dataset(ds, KEY, settings=settings)
 
     private = {e.tag: e.value for e in ds if e.tag.is_private}
@@ -385,7 +386,7 @@ def test_blackout_rule_cleans_burned_in_regions_and_keeps_the_rest(tmp_path, nam
     (tmp_path / "in").mkdir()
     shutil.copyfile(real_file(name), tmp_path / "in" / name)
     summary = an.anonymise_tree(
-        tmp_path / "in", tmp_path / "out", KEY, an.Settings.from_params(params)
+        tmp_path / "in", tmp_path / "out", KEY, an.Settings.from_params(filled("anonymise", params))
     )
 
     assert summary.written == 1
@@ -402,7 +403,9 @@ def test_blackout_rule_cleans_burned_in_regions_and_keeps_the_rest(tmp_path, nam
 
 def test_params_reject_bad_blackout_regions():
     with pytest.raises(ValueError, match="x0 < x1"):
-        an.Settings.from_params({"blackout": [{"modality": "US", "regions": [[5, 0, 5, 9]]}]})
+        an.Settings.from_params(
+            filled("anonymise", {"blackout": [{"modality": "US", "regions": [[5, 0, 5, 9]]}]})
+        )
 
 
 def test_cli_tree_mode_alone_with_flags_and_env_key(tmp_path, monkeypatch, capsys):

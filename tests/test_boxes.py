@@ -4,7 +4,7 @@ lesion an explanation is scored against."""
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_png
+from conftest import filled, write_png
 
 from radflow.core import lesions, manifest
 from radflow.data import ingest, preprocess, sources
@@ -49,14 +49,14 @@ def test_box_formats_become_the_same_corners(fmt, values, corners):
 
 
 def test_boxes_reach_the_manifest_and_rows_without_one_stay_empty(tmp_path, rng):
-    source = sources.from_params(_boxed_cohort(tmp_path, rng))
+    source = sources.from_params(filled("data", _boxed_cohort(tmp_path, rng)))
     frame = manifest.validate(ingest.ingest(source).manifest).set_index("label")
     assert frame.loc["glioma", "box"] == "20 15 40 25"
     assert frame.loc["pituitary", "box"] == ""
 
 
 def test_non_numeric_box_is_an_error_naming_the_row_and_key(tmp_path, rng):
-    source = sources.from_params(_boxed_cohort(tmp_path, rng, box_x="left"))
+    source = sources.from_params(filled("data", _boxed_cohort(tmp_path, rng, box_x="left")))
     with pytest.raises(sources.SourceError, match=r"row 2 .*data\.boxes"):
         ingest.ingest(source)
 
@@ -65,7 +65,7 @@ def test_missing_box_column_is_an_error_naming_it(tmp_path, rng):
     data = _boxed_cohort(tmp_path, rng)
     data["boxes"]["columns"] = ["box_x", "box_y", "box_w", "width"]
     with pytest.raises(sources.SourceError, match="width"):
-        ingest.ingest(sources.from_params(data))
+        ingest.ingest(sources.from_params(filled("data", data)))
 
 
 def test_box_follows_the_centred_pad_and_resize():

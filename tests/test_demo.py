@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import filled
 from PIL import Image
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -20,7 +21,7 @@ SMALL = {
     "images_per_study": 2,
     "image_size": 96,
     "lesion_fraction": 0.5,
-}
+}  # every key of params["demo"], so no defaults are involved
 PHI_KEYWORDS = [
     "PatientName",
     "PatientID",
@@ -333,22 +334,32 @@ def test_both_labels_are_present_even_at_extreme_lesion_fractions(
         "image_size": 48,
         "lesion_fraction": fraction,
     }
-    labels = generate_cohort(tmp_path, params, seed=1)
+    labels = generate_cohort(tmp_path, params, seed=1)  # every key given
     for name, spec in SPECS.items():
         assert set(labels.loc[labels["path"].str.startswith(name), "label"]) == set(spec.labels)
 
 
-def test_missing_params_fall_back_to_defaults(tmp_path: Path) -> None:
-    labels = generate_cohort(tmp_path, {"patients_per_modality": 2, "image_size": 48}, seed=1)
+def test_missing_params_come_from_the_schema_defaults(tmp_path: Path) -> None:
+    labels = generate_cohort(
+        tmp_path, filled("demo", {"patients_per_modality": 2, "image_size": 48}), seed=1
+    )
     ds = pydicom.dcmread(tmp_path / labels["path"].iloc[0])
     assert ds.Rows == 48
     assert (labels.groupby(labels["path"].str.rsplit("/", n=1).str[0]).size() == 3).all()
 
 
+def test_params_without_the_schema_defaults_are_an_error_not_a_second_set_of_defaults(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="images_per_study"):
+        generate_cohort(tmp_path, {"patients_per_modality": 2, "image_size": 48}, seed=1)
+    assert not any(tmp_path.iterdir())
+
+
 def test_impossible_params_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two studies"):
         generate_cohort(
-            tmp_path, {"patients_per_modality": 1, "max_studies_per_patient": 1}, seed=1
+            tmp_path, filled("demo", {"patients_per_modality": 1, "max_studies_per_patient": 1}), 1
         )
     assert not any(tmp_path.iterdir())
 
@@ -356,7 +367,7 @@ def test_impossible_params_are_rejected(tmp_path: Path) -> None:
 def test_rerun_with_fewer_patients_leaves_no_stale_images_but_keeps_foreign_files(
     tmp_path: Path,
 ) -> None:
-    params = {"patients_per_modality": 3, "images_per_study": 1, "image_size": 48}
+    params = filled("demo", {"patients_per_modality": 3, "images_per_study": 1, "image_size": 48})
     generate_cohort(tmp_path, params, seed=1)
     foreign = tmp_path / "mri" / "notes.txt"
     foreign.write_text("keep me")

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_dicom, write_png
+from conftest import filled, write_dicom, write_png
 
 from radflow.core import manifest
 from radflow.data import ingest, sources
@@ -28,7 +28,9 @@ def _cohort(root, rng):
 
 
 def _source(root, labels, **data):
-    return sources.from_params({"raw_dir": str(root), "labels_csv": str(labels), **data})
+    return sources.from_params(
+        filled("data", {"raw_dir": str(root), "labels_csv": str(labels), **data})
+    )
 
 
 def test_counts_in_equal_manifest_plus_quarantine(tmp_path, rng):
@@ -114,12 +116,12 @@ def test_class_folders_label_by_folder_and_key_patients_by_file_name(tmp_path, r
         "PNEUMONIA/odd.jpeg",
     ):
         write_png(tmp_path / "train" / name, rng.integers(0, 255, (16, 16)))
-    source = sources.from_params({
+    source = sources.from_params(filled("data", {
         "raw_dir": str(tmp_path / "train"), "layout": "class_folders", "modality": "xray",
         "patient_key": {"source": "filename", "patterns": [
             r"^(person\d+_(?:bacteria|virus))_\d+(?:_\d+)?\.jpeg$",
             r"^((?:NORMAL2-)?IM-\d{4})-\d{4}(?:-\d{4})?\.jpeg$"]},
-    })  # fmt: skip
+    }))  # fmt: skip
     result = ingest.ingest(source)
     keyed = result.manifest.set_index("patient_key")["label"].to_dict()
     assert keyed == {"IM-0001": "NORMAL", "person7_virus": "PNEUMONIA"}
@@ -133,12 +135,12 @@ def test_csv_columns_and_label_map_come_from_params(tmp_path, rng):
     pd.DataFrame({"file": ["3.jpg", "4.jpg", "21.jpg"], "label_id": ["0", "1", "1"]}).to_csv(
         tmp_path / "labels.csv", index=False
     )
-    source = sources.from_params({
+    source = sources.from_params(filled("data", {
         "raw_dir": str(tmp_path / "images"), "labels_csv": str(tmp_path / "labels.csv"),
         "columns": {"path": "file", "label": "label_id"}, "modality": "mri",
         "label_map": {"0": "pituitary", "1": "meningioma"},
         "patient_key": {"source": "filename", "patterns": [r"^(\d+)\.jpg$"], "bucket": 20},
-    })  # fmt: skip
+    }))  # fmt: skip
     frame = ingest.ingest(source).manifest.set_index("source_path")
     labels = {p.split("/")[-1]: lab for p, lab in frame["label"].items()}
     assert labels == {"3.jpg": "pituitary", "4.jpg": "meningioma", "21.jpg": "meningioma"}
@@ -150,9 +152,9 @@ def test_csv_columns_and_label_map_come_from_params(tmp_path, rng):
 def test_unmapped_label_is_an_error_naming_the_map(tmp_path, rng):
     write_png(tmp_path / "images" / "1.jpg", rng.integers(0, 255, (8, 8)))
     pd.DataFrame({"path": ["1.jpg"], "label": ["7"]}).to_csv(tmp_path / "l.csv", index=False)
-    source = sources.from_params({"raw_dir": str(tmp_path / "images"),
+    source = sources.from_params(filled("data", {"raw_dir": str(tmp_path / "images"),
                                   "labels_csv": str(tmp_path / "l.csv"),
-                                  "label_map": {"0": "a"}})  # fmt: skip
+                                  "label_map": {"0": "a"}}))  # fmt: skip
     with pytest.raises(sources.SourceError, match="label_map"):
         ingest.ingest(source)
 

@@ -1,5 +1,5 @@
 """The segmenter: architectures from params, training, post-processing, geometry, metrics per
-slice and per patient, exports (PNG, NIfTI, DICOM SEG), predict, the LGG profile."""
+slice and per patient, exports (PNG, NIfTI, DICOM SEG), predict, the LGG overlay."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-from conftest import train_segmenter_dir, write_dicom, write_png
+from conftest import filled, train_segmenter_dir, write_dicom, write_png
 from PIL import Image
 
 from radflow import cli
@@ -327,7 +327,7 @@ def test_predict_refuses_two_images_that_would_share_one_mask(trained, tmp_path)
         list(predict.segment_folder(trained, tmp_path / "in"))
 
 
-# -------------------------------------------------------------- sources and profile
+# -------------------------------------------------------------- sources and overlay
 
 
 def test_label_from_a_numeric_column_and_masks_from_their_own_folder(tmp_path):
@@ -341,16 +341,16 @@ def test_label_from_a_numeric_column_and_masks_from_their_own_folder(tmp_path):
         "label_from": {"column": "pixels", "threshold": 0, "above": "tumour",
                        "otherwise": "no_tumour"},
     }  # fmt: skip
-    table = sources.labels_table(sources.from_params(data))
+    table = sources.labels_table(sources.from_params(filled("data", data)))
     assert table["label"].tolist() == ["no_tumour", "tumour"]
     assert table["mask"].tolist() == ["../masks/a.png", "../masks/b.png"]
     (tmp_path / "s.csv").write_text("file,patient,pixels\na.png,P1,lots\n")
     with pytest.raises(sources.SourceError, match="'pixels'.*non-numeric"):
-        sources.labels_table(sources.from_params(data))
+        sources.labels_table(sources.from_params(filled("data", data)))
 
 
-def test_lgg_profile_is_valid_and_enables_the_pretrained_unet():
-    overlay = params.read_yaml(ROOT / "profiles" / "mri-lgg-segmentation.yaml")
+def test_lgg_overlay_is_valid_and_enables_the_pretrained_unet():
+    overlay = params.read_yaml(ROOT / "params" / "mri-lgg-segmentation.yaml")
     merged = params.validate(params.merge(params.read_yaml(ROOT / "params.yaml"), overlay))
     seg = merged["train"]["segmenter"]
     assert seg["arch"] == "flexible_unet_lite0" and seg["encoder_weights"] == "packaged"
@@ -360,8 +360,8 @@ def test_lgg_profile_is_valid_and_enables_the_pretrained_unet():
 @pytest.mark.skipif(not LGG.is_dir(), reason="../shared/datasets/mri-lgg-segmentation absent")
 def test_lgg_adapter_labels_every_slice_and_finds_every_mask(monkeypatch):
     monkeypatch.chdir(ROOT)
-    overlay = params.read_yaml(ROOT / "profiles" / "mri-lgg-segmentation.yaml")
-    source = sources.from_params(overlay["data"])
+    overlay = params.read_yaml(ROOT / "params" / "mri-lgg-segmentation.yaml")
+    source = sources.from_params(filled("data", overlay["data"]))
     table = sources.labels_table(source)
     # judged against slices.csv read independently, so the set may grow (22 -> 88 patients)
     truth = pd.read_csv(LGG / "slices.csv")

@@ -10,7 +10,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-from conftest import train_segmenter_dir, write_dicom, write_png
+from conftest import filled, train_segmenter_dir, write_dicom, write_png
 
 from radflow.core import imaging, volumes
 from radflow.data import ingest, sources
@@ -93,11 +93,11 @@ def test_the_csv_slice_column_reaches_the_manifest_and_must_be_numeric(tmp_path)
         "columns": {"path": "file", "label": "y", "patient_id": "patient", "slice": "n"},
         "modality": "mri", "patient_key": {"source": "column"},
     }  # fmt: skip
-    result = ingest.ingest(sources.from_params(data))
+    result = ingest.ingest(sources.from_params(filled("data", data)))
     assert sorted(result.manifest["slice_position"]) == ["1", "2"]
     (tmp_path / "s.csv").write_text("file,patient,n,y\np_1.png,P,first,a\n")
     with pytest.raises(sources.SourceError, match=r"'n' \(data.columns.slice\).*'first' in row 2"):
-        ingest.ingest(sources.from_params(data))
+        ingest.ingest(sources.from_params(filled("data", data)))
 
 
 def test_the_lite0_encoder_takes_three_slices_on_the_unchanged_imagenet_stem():

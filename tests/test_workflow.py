@@ -33,15 +33,18 @@ def _env() -> dict[str, str]:
     """The running interpreter's bin first on PATH, so the venv's tools are the ones used."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.pop("RADFLOW_PSEUDONYM_KEY", None)
+    for name in ("RADFLOW_PSEUDONYM_KEY", "RADFLOW_OVERLAY", "RADFLOW_PROFILE"):
+        env.pop(name, None)
     return env
 
 
-def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _snakemake(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--nocolor", *args],
         cwd=cwd,
-        env=_env(),
+        env={**_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -313,11 +316,11 @@ def _threads(jobs: dict[tuple[str, str | None], Stage]) -> dict[str, set[int]]:
 
 def test_torch_jobs_reserve_the_cores_torch_will_use(project: Path) -> None:
     """Snakemake sets OMP_NUM_THREADS to a job's threads: a torch job that declares none
-    runs on one core (the CT profile's explain stage took 4.9 min instead of 2.9)."""
-    (project / "profiles").mkdir(exist_ok=True)
-    (project / "profiles" / "one.yaml").write_text("modalities: [ct]\n")
+    runs on one core (the CT overlay's explain stage took 4.9 min instead of 2.9)."""
+    (project / "params").mkdir(exist_ok=True)
+    (project / "params" / "one.yaml").write_text("modalities: [ct]\n")
 
-    threads = _threads(snakemake_jobs(project, "--configfile", "profiles/one.yaml", cores=2))
+    threads = _threads(snakemake_jobs(project, "--configfile", "params/one.yaml", cores=2))
 
     cores = {min(2, os.cpu_count() or 1)}
     for torch_rule in ("train_classifier", "train_segmenter", "evaluate", "explain"):
@@ -362,19 +365,38 @@ def test_snakemake_refuses_config_overrides(project: Path) -> None:
     assert "instead of passing --config" in done.stdout + done.stderr
 
 
-def test_snakemake_takes_a_profile_but_no_other_configfile(project: Path) -> None:
-    """A profile under profiles/ reaches the stages through RADFLOW_PROFILE; others are refused."""
-    (project / "profiles").mkdir(exist_ok=True)
-    (project / "profiles" / "tiny.yaml").write_text("seed: 7\nmodalities: [ct]\n")
+def test_snakemake_takes_an_overlay_but_no_other_configfile(project: Path) -> None:
+    """An overlay under params/ reaches the stages through RADFLOW_OVERLAY; others are refused."""
+    (project / "params").mkdir(exist_ok=True)
+    (project / "params" / "tiny.yaml").write_text("seed: 7\nmodalities: [ct]\n")
     (project / "elsewhere.yaml").write_text("seed: 7\n")
 
-    done = _snakemake(project, "--dry-run", "--cores", "1", "--configfile", "profiles/tiny.yaml")
+    done = _snakemake(project, "--dry-run", "--cores", "1", "--configfile", "params/tiny.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "reports/ct.html" in done.stdout and "reports/mri.html" not in done.stdout
 
     refused = _snakemake(project, "--dry-run", "--cores", "1", "--configfile", "elsewhere.yaml")
     assert refused.returncode != 0
-    assert "a profile under profiles/" in refused.stdout + refused.stderr
+    assert "a params overlay under params/" in refused.stdout + refused.stderr
+
+
+def test_snakemake_refuses_the_old_overlay_names_naming_the_new_ones(project: Path) -> None:
+    """Overlays moved from profiles/ to params/ and RADFLOW_PROFILE became RADFLOW_OVERLAY."""
+    (project / "profiles").mkdir()
+    (project / "profiles" / "tiny.yaml").write_text("seed: 7\n")
+    (project / "params").mkdir(exist_ok=True)
+    (project / "params" / "tiny.yaml").write_text("seed: 7\n")
+
+    old_path = _snakemake(
+        project, "--dry-run", "--cores", "1", "--configfile", "profiles/tiny.yaml"
+    )
+    assert old_path.returncode != 0
+    assert "pass --configfile params/tiny.yaml" in old_path.stdout + old_path.stderr
+
+    old_env = {"RADFLOW_PROFILE": str(project / "params" / "tiny.yaml")}
+    done = _snakemake(project, "--dry-run", "--cores", "1", env=old_env)
+    assert done.returncode != 0
+    assert "RADFLOW_OVERLAY" in done.stdout + done.stderr
 
 
 def test_snakemake_refuses_a_folder_source_in_the_demo_tree(project: Path) -> None:

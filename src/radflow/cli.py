@@ -88,9 +88,7 @@ def cmd_demo(args: argparse.Namespace, params: dict[str, Any]) -> None:
     labels: list[pd.DataFrame] = []
     _replace_dir(
         out,
-        lambda tmp: labels.append(
-            demo.generate_cohort(tmp, params.get("demo", {}), params["seed"])
-        ),
+        lambda tmp: labels.append(demo.generate_cohort(tmp, params["demo"], params["seed"])),
     )
     log.info("demo cohort: %d images written to %s", len(labels[0]), out)
 
@@ -116,16 +114,9 @@ def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> None:
 def cmd_anonymise(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
     from radflow.data import anonymise
 
-    settings_params = dict((params or {}).get("anonymise") or {})
-    for name in anonymise.OPTION_NAMES:
-        if getattr(args, name, None) is not None:  # a flag given on the command line wins
-            settings_params[name] = getattr(args, name)
-    if args.key_file:
-        settings_params["key_file"] = args.key_file
-    source_kind = str(((params or {}).get("data") or {}).get("source") or "folder")
-    key, origin = anonymise.load_key(settings_params, source_kind, os.environ)
+    flags = {name: getattr(args, name, None) for name in anonymise.OVERRIDABLE}
+    settings, key, origin = anonymise.settings_from(params, flags, os.environ)
     log.info("anonymise: pseudonymisation key from %s", origin)
-    settings = anonymise.Settings.from_params(settings_params)
     log.info("anonymise: %s", anonymise.describe(settings))
     out = Path(args.out)
     if args.input:
@@ -584,15 +575,16 @@ def _predict_masks(model_dir: Path, images: Path, out: Path) -> None:
     )
 
 
-def cmd_profile(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
-    """Print (or run) the `dvc exp run` that applies a profile's values to params.yaml."""
+def cmd_overlay(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
+    """Print (or run) the `dvc exp run` that applies a params overlay to params.yaml."""
     import shlex
     import subprocess
 
-    overlay = params_mod.read_yaml(Path(args.profile))
+    params_mod.check_overlay_path(args.overlay)
+    overlay = params_mod.read_yaml(Path(args.overlay))
     params_mod.validate(
-        params_mod.merge(params_mod.load(args.params, environ={}), overlay),
-        f"{args.params} + {args.profile}",
+        params_mod.merge(params_mod.read_yaml(Path(args.params)), overlay),
+        f"{args.params} + {args.overlay}",
     )
     command = ["dvc", "exp", "run", *params_mod.dvc_set_args(overlay)]
     if not args.run:
@@ -660,11 +652,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--explanations")
     p.add_argument("--models")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("profile", help="the dvc exp run that applies a profile (or --run it)")
-    p.add_argument("profile", help="profiles/<name>.yaml")
+    p = sub.add_parser(
+        "overlay", help="the dvc exp run that applies a params overlay (or --run it)"
+    )
+    p.add_argument("overlay", help="params/<name>.yaml")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--run", action="store_true", help="run dvc exp run now")
-    p.set_defaults(handler=cmd_profile, params_loaded=False)
+    p.set_defaults(handler=cmd_overlay, params_loaded=False)
     p = sub.add_parser("predict", help="apply a trained model to a folder of images")
     p.add_argument("--model", required=True, help="models/<modality>/classifier or .../segmenter")
     p.add_argument("--images", required=True, help="folder searched recursively")
@@ -682,7 +676,26 @@ def _parser() -> argparse.ArgumentParser:
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
+def renamed_command(argv: list[str]) -> str | None:
+    """The error for a command that was renamed (`radflow profile` before issue 14), or None."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] != "profile":
+        return None
+    old = next((w for w in words[1:] if w.endswith((".yaml", ".yml"))), "profiles/<name>.yaml")
+    new = f"{params_mod.OVERLAY_DIR}/{Path(old).name}"
+    return (
+        "radflow profile: error: the command is now `radflow overlay`, and the dataset params "
+        f"overlays moved from {params_mod.OLD_OVERLAY_DIR}/ to {params_mod.OVERLAY_DIR}/: "
+        f"run `radflow overlay {new}` instead"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    renamed = renamed_command(argv)
+    if renamed:
+        print(renamed, file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -15,8 +15,10 @@ MODALITY_PATTERN = "|".join(re.escape(m) for m in MODALITIES)
 DEMO = config["data"]["source"] == "demo"
 ROOT = os.path.normpath(config["data"]["root"])
 RAW_DIR = os.path.normpath(config["data"]["raw_dir"])
-LABELS_CSV = config["data"].get("labels_csv")
-MASK_DIR = config["data"].get("mask_dir")
+# The Snakefile's validate() filled the schema's defaults into config, as radflow.core.params
+# does for the stages.
+LABELS_CSV = config["data"]["labels_csv"]
+MASK_DIR = config["data"]["mask_dir"]
 # The demo cohort's tree (docs/CONTRACTS.md: `radflow demo ... --out data/raw/demo`) and the
 # labels CSV `radflow demo` writes at its root.
 DEMO_DIR = "data/raw/demo"
@@ -24,45 +26,69 @@ DEMO_LABELS = f"{DEMO_DIR}/labels.csv"
 # Cores a torch job (train, evaluate, explain) reserves: train.num_threads, or all of them
 # when that is 0 (torch's default). Snakemake caps it at --cores and sets OMP_NUM_THREADS to
 # it, so a job that declares no threads runs torch on one core.
-TORCH_THREADS = config["train"].get("num_threads") or os.cpu_count() or 1
+TORCH_THREADS = config["train"]["num_threads"] or os.cpu_count() or 1
 # Evaluate and explain run once per modality on small batches: the modalities share those
-# cores and run side by side, and a one-modality profile gives them all of its cores (its
+# cores and run side by side, and a one-modality overlay gives them all of its cores (its
 # explain stage ran 1.7 times faster on 2 cores than on 1).
 SHARED_TORCH_THREADS = max(1, TORCH_THREADS // len(MODALITIES))
 
 
-def profile_overlay():
-    """The profile given as `--configfile profiles/<name>.yaml`, or None.
+# Dataset params overlays live in params/ (Snakemake's own word "profile" is for execution
+# settings, workflow/profiles/); before issue 14 they were profiles/<name>.yaml.
+OVERLAY_DIR = "params"
+OLD_OVERLAY_DIR = "profiles"
+# Set (not read) for the `radflow` commands this run starts; radflow.core.params reads it.
+OVERLAY_ENV = "RADFLOW_OVERLAY"
+OLD_OVERLAY_ENV = "RADFLOW_PROFILE"
+
+
+def params_overlay():
+    """The overlay given as `--configfile params/<name>.yaml`, or None.
 
     Every `radflow` command reads params.yaml itself (`--params params.yaml`) plus the overlay
-    named by $RADFLOW_PROFILE, which is set here, so the stages see exactly this config. A
+    named by $RADFLOW_OVERLAY, which is set here, so the stages see exactly this config. A
     value given with --config, or any other extra configfile, would change the DAG but not
     what the stages do, so both are refused.
     """
+    if os.environ.get(OLD_OVERLAY_ENV):
+        raise WorkflowError(
+            f"${OLD_OVERLAY_ENV} is no longer read: pass the overlay as --configfile "
+            f"{OVERLAY_DIR}/<name>.yaml (the stages get it as ${OVERLAY_ENV}); unset "
+            f"{OLD_OVERLAY_ENV}"
+        )
     if workflow.config_settings.config:
         raise WorkflowError(
-            "radflow reads its parameters from params.yaml (and a profile) only: edit "
-            "params.yaml or write a profile under profiles/ instead of passing --config"
+            "radflow reads its parameters from params.yaml (and an overlay) only: edit "
+            f"params.yaml or write an overlay under {OVERLAY_DIR}/ instead of passing --config"
         )
     extra = [
-        p for p in workflow.overwrite_configfiles or ()
+        str(p) for p in workflow.overwrite_configfiles or ()
         if os.path.abspath(p) != os.path.abspath("params.yaml")
     ]
-    profiles = os.path.abspath("profiles")
-    if len(extra) > 1 or any(os.path.dirname(os.path.abspath(p)) != profiles for p in extra):
+    old = [
+        p for p in extra
+        if os.path.basename(os.path.dirname(os.path.abspath(p))) == OLD_OVERLAY_DIR
+    ]
+    if old:
+        moved = ", ".join(f"{OVERLAY_DIR}/{os.path.basename(p)}" for p in old)
         raise WorkflowError(
-            f"radflow takes at most one extra configfile, a profile under profiles/; got {extra}"
+            f"the dataset params overlays moved from {OLD_OVERLAY_DIR}/ to {OVERLAY_DIR}/: "
+            f"pass --configfile {moved} instead of {', '.join(old)}"
+        )
+    overlays = os.path.abspath(OVERLAY_DIR)
+    if len(extra) > 1 or any(os.path.dirname(os.path.abspath(p)) != overlays for p in extra):
+        raise WorkflowError(
+            "radflow takes at most one extra configfile, a params overlay under "
+            f"{OVERLAY_DIR}/; got {extra}"
         )
     return extra[0] if extra else None
 
 
-# Set (not read) for the `radflow` commands this run starts; radflow.params reads it.
-PROFILE_ENV = "RADFLOW_PROFILE"
-PROFILE = profile_overlay()
-if PROFILE:
-    os.environ[PROFILE_ENV] = os.path.abspath(PROFILE)
+OVERLAY = params_overlay()
+if OVERLAY:
+    os.environ[OVERLAY_ENV] = os.path.abspath(OVERLAY)
 else:
-    os.environ.pop(PROFILE_ENV, None)
+    os.environ.pop(OVERLAY_ENV, None)
 
 
 def check_params_yaml_is_the_config():
@@ -157,11 +183,11 @@ def dvc_commit():
     """
     if not os.path.isdir(".dvc"):
         return
-    if PROFILE:
+    if OVERLAY:
         logger.warning(
-            f"radflow: not committing to DVC: this run used the profile {PROFILE}, which "
-            "params.yaml does not hold; for a DVC-tracked run use "
-            f"`radflow profile {PROFILE} --run` (dvc exp run with the same values)"
+            f"radflow: not committing to DVC: this run used the params overlay {OVERLAY}, "
+            "which params.yaml does not hold; for a DVC-tracked run use "
+            f"`radflow overlay {OVERLAY} --run` (dvc exp run with the same values)"
         )
         return
     if shutil.which("dvc") is None:

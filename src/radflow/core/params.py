@@ -1,17 +1,33 @@
-"""Load params.yaml and check it against the one JSON schema, failing with the key at fault."""
+"""Load params.yaml, fill the schema's defaults and check it, failing with the key at fault.
+
+Every default lives in the JSON schema (`default:`), so the code reads params["x"]["y"] and
+never carries a second copy of a default. Snakemake's validate(set_default=True) fills the
+same defaults into its config, so the rules and the stages see the same values.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+from jsonschema import validators
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+
+# The folder of the dataset params overlays, and the names they had before issue 14, which
+# now fail with a message naming the new ones ("profile" is Snakemake's execution profile).
+OVERLAY_DIR = "params"
+OVERLAY_ENV = "RADFLOW_OVERLAY"
+OLD_OVERLAY_DIR = "profiles"
+OLD_OVERLAY_ENV = "RADFLOW_PROFILE"
 
 
 class ParamsError(ValueError):
@@ -19,22 +35,64 @@ class ParamsError(ValueError):
 
 
 def schema() -> dict[str, Any]:
+    """The params schema, a fresh copy each call (callers may change it)."""
+    return copy.deepcopy(_schema())
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def validate(params: dict[str, Any], source: str = "params") -> dict[str, Any]:
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for err in errors:
-            key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {key}: {err.message}")
+_PROPERTIES = jsonschema.Draft202012Validator.VALIDATORS["properties"]
+
+
+def _set_defaults(
+    validator: Any, properties: dict[str, Any], instance: Any, subschema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    """jsonschema's documented recipe: set each missing property's default, then validate.
+
+    The same as Snakemake's, except that it leaves non-mappings alone (they are errors that
+    the validation proper reports) and copies each default, so no two params share one list.
+    """
+    if isinstance(instance, dict):
+        for name, prop in properties.items():
+            if isinstance(prop, dict) and "default" in prop and name not in instance:
+                instance[name] = copy.deepcopy(prop["default"])
+    yield from _PROPERTIES(validator, properties, instance, subschema)
+
+
+_Filler = validators.extend(jsonschema.Draft202012Validator, {"properties": _set_defaults})
+
+
+def with_defaults(partial: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `partial` with the schema's defaults filled in, not validated.
+
+    Defaults go into mappings that exist or that are themselves defaulted to {}: for code and
+    tests that build params by hand, e.g. with_defaults({"demo": {"image_size": 48}})["demo"].
+    """
+    filled = copy.deepcopy(dict(partial))
+    for _ in _Filler(_schema()).iter_errors(filled):  # filling happens while validating
+        pass
+    return filled
+
+
+def schema_errors(params: Mapping[str, Any]) -> Iterator[jsonschema.ValidationError]:
+    """Where params break the schema (defaults are not filled first)."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    yield from sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+
+
+def validate(params: Mapping[str, Any], source: str = "params") -> dict[str, Any]:
+    """params with the schema's defaults filled in, or ParamsError listing every bad key."""
+    filled = with_defaults(params)
+    lines = []
+    for err in schema_errors(filled):
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        lines.append(f"  {key}: {err.message}")
+    if lines:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines))
-    return params
-
-
-PROFILE_ENV = "RADFLOW_PROFILE"
+    return filled
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -60,18 +118,38 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load(path: str | Path = "params.yaml", environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """params.yaml, with the profile overlay named by $RADFLOW_PROFILE merged on top.
+def check_overlay_path(path: str | Path) -> None:
+    """Refuse an overlay under profiles/, where the overlays lived before, naming the new path."""
+    where = Path(path)
+    if where.parent.name == OLD_OVERLAY_DIR:
+        raise ParamsError(
+            f"the dataset params overlays moved from {OLD_OVERLAY_DIR}/ to {OVERLAY_DIR}/: "
+            f"use {OVERLAY_DIR}/{where.name} instead of {path}"
+        )
 
-    The Snakefile sets RADFLOW_PROFILE for `snakemake --configfile profiles/<name>.yaml`, so
+
+def load(
+    path: str | Path = "params.yaml", environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """params.yaml, with the overlay named by $RADFLOW_OVERLAY merged on top, defaults filled.
+
+    The Snakefile sets RADFLOW_OVERLAY for `snakemake --configfile params/<name>.yaml`, so
     the stages see exactly the values Snakemake's config holds.
     """
+    env = os.environ if environ is None else environ
+    if env.get(OLD_OVERLAY_ENV):
+        raise ParamsError(
+            f"${OLD_OVERLAY_ENV} is no longer read: the dataset overlays are "
+            f"{OVERLAY_DIR}/<name>.yaml and the variable is ${OVERLAY_ENV} (set by the Snakefile "
+            f"for `snakemake --configfile {OVERLAY_DIR}/<name>.yaml`); unset {OLD_OVERLAY_ENV}"
+        )
     params = read_yaml(Path(path))
-    profile = (os.environ if environ is None else environ).get(PROFILE_ENV)
+    overlay = env.get(OVERLAY_ENV)
     source = str(path)
-    if profile:
-        params = merge(params, read_yaml(Path(profile)))
-        source = f"{path} + {profile}"
+    if overlay:
+        check_overlay_path(overlay)
+        params = merge(params, read_yaml(Path(overlay)))
+        source = f"{path} + {overlay}"
     return validate(params, source)
 
 
@@ -106,14 +184,18 @@ def _hydra(value: Any) -> str:
 
 
 def params_hash(params: dict[str, Any]) -> str:
-    """Short stable fingerprint recorded in every artifact."""
+    """Short stable fingerprint recorded in every artifact.
+
+    Hash validated params (defaults filled), so that writing a default out or leaving it to
+    the schema gives the same hash, and changing a schema default changes it.
+    """
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def classes_for(params: dict[str, Any], modality: str, labels: list[str]) -> list[str]:
     """Class names in model-output order: params.data.classes if given, else sorted labels."""
-    declared = params["data"].get("classes", {}).get(modality)
+    declared = params["data"]["classes"].get(modality)  # a modality may be left out
     present = sorted({lab for lab in labels if lab})
     if declared is None:
         return present

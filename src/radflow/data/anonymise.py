@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pydicom
@@ -77,6 +78,7 @@ from pydicom.uid import (
 )
 
 from radflow.core import manifest as mf
+from radflow.core import params as params_mod
 from radflow.core.fileio import atomic_write, atomic_write_text
 from radflow.data.anonymise_pixels import (
     BlackoutRule,
@@ -96,10 +98,9 @@ from radflow.data.anonymise_profile import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["burned_in_reason", "Options", "Settings"]
+__all__ = ["burned_in_reason", "Options", "Settings", "settings_from"]
 
 STAGE = "anonymise"
-DEFAULT_KEY_ENV = "RADFLOW_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 16
 # Public on purpose: anyone can recompute demo pseudonyms. Never use it for real data.
 DEMO_KEY = b"radflow-PUBLIC-demo-key:not-secret:never-use-for-real-data"
@@ -195,14 +196,42 @@ class Settings:
         return cache[pixels_cleaned]
 
     @classmethod
-    def from_params(cls, params: Mapping[str, object] | None) -> Settings:
-        params = dict(params or {})
-        return cls(Options.from_params(params), rules_from_params(params.get("blackout")))  # type: ignore[arg-type]
+    def from_params(cls, params: Mapping[str, object]) -> Settings:
+        """From params["anonymise"] with the schema's defaults filled (params.with_defaults)."""
+        return cls(Options.from_params(params), rules_from_params(params["blackout"]))  # type: ignore[arg-type]
+
+
+def default_params() -> dict[str, Any]:
+    """params["anonymise"] as the schema's defaults make it, for runs without params.yaml."""
+    return params_mod.with_defaults({"anonymise": {}})["anonymise"]
 
 
 @lru_cache(maxsize=4)
 def default_settings() -> Settings:
-    return Settings()
+    return Settings.from_params(default_params())
+
+
+# Command-line flags that may override params["anonymise"].
+OVERRIDABLE = (*OPTION_NAMES, "key_file")
+
+
+def settings_from(
+    params: Mapping[str, Any] | None, overrides: Mapping[str, object], environ: Mapping[str, str]
+) -> tuple[Settings, bytes, str]:
+    """(settings, key, where the key came from) for one anonymise run.
+
+    params: validated params (None: run outside a project, schema defaults, data.source
+    folder); overrides: command-line values by params name, None where a flag was not
+    given, which win over params["anonymise"]. The key origin text never holds the key.
+    """
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ValueError(f"anonymise: no such setting to override: {unknown}")
+    section = dict(params["anonymise"]) if params is not None else default_params()
+    section.update({name: value for name, value in overrides.items() if value is not None})
+    data_source = str(params["data"]["source"]) if params is not None else "folder"
+    key, origin = load_key(section, data_source, environ)
+    return Settings.from_params(section), key, origin
 
 
 @dataclass(frozen=True)
@@ -296,8 +325,8 @@ def load_key(
     anonymise_params: Mapping[str, object], data_source: str, environ: Mapping[str, str]
 ) -> tuple[bytes, str]:
     """Return (key, where it came from). The origin text never contains the key."""
-    env_name = str(anonymise_params.get("key_env") or DEFAULT_KEY_ENV)
-    key_file = anonymise_params.get("key_file")
+    env_name = str(anonymise_params["key_env"])
+    key_file = anonymise_params["key_file"]
     if environ.get(env_name):
         key, origin = environ[env_name].encode("utf-8"), f"environment variable {env_name}"
     elif key_file:

@@ -54,23 +54,24 @@ class BlackoutRule:
         return all(want is None or want == have for want, have in wanted)
 
 
-def rules_from_params(entries: Sequence[Mapping[str, object]] | None) -> tuple[BlackoutRule, ...]:
+def rules_from_params(entries: Sequence[Mapping[str, object]]) -> tuple[BlackoutRule, ...]:
+    """params["anonymise"]["blackout"] (defaults filled) as rules; a null field matches all."""
     rules = []
-    for i, entry in enumerate(entries or []):
-        regions = tuple(tuple(int(v) for v in r) for r in entry.get("regions") or [])  # type: ignore[union-attr]
+    for i, entry in enumerate(entries):
+        regions = tuple(tuple(int(v) for v in r) for r in entry["regions"] or [])  # type: ignore[union-attr]
         if not regions or any(len(r) != 4 or r[0] >= r[2] or r[1] >= r[3] for r in regions):
             raise ValueError(
                 f"anonymise.blackout[{i}]: regions must be a non-empty list of "
                 "[x0, y0, x1, y1] with x0 < x1 and y0 < y1"
             )
-        modality = entry.get("modality")
+        modality = entry["modality"]
         rules.append(
             BlackoutRule(
                 regions,  # type: ignore[arg-type]
                 str(modality).upper() if modality else None,
-                str(entry["sop_class_uid"]) if entry.get("sop_class_uid") else None,
-                int(entry["rows"]) if entry.get("rows") else None,  # type: ignore[arg-type]
-                int(entry["columns"]) if entry.get("columns") else None,  # type: ignore[arg-type]
+                str(entry["sop_class_uid"]) if entry["sop_class_uid"] else None,
+                int(entry["rows"]) if entry["rows"] else None,  # type: ignore[arg-type]
+                int(entry["columns"]) if entry["columns"] else None,  # type: ignore[arg-type]
             )
         )
     return tuple(rules)

@@ -166,17 +166,17 @@ class Options:
     edition: str = DEFAULT_EDITION
 
     @classmethod
-    def from_params(cls, params: Mapping[str, object] | None) -> Options:
-        params = dict(params or {})
+    def from_params(cls, params: Mapping[str, object]) -> Options:
+        """From params["anonymise"] with the schema's defaults filled (params.with_defaults)."""
         safe = tuple(
             SafePrivate(_as_int(e["group"]), str(e["creator"]).strip(), _as_int(e["element"]))
-            for e in params.get("safe_private_tags") or []  # type: ignore[union-attr]
+            for e in params["safe_private_tags"]  # type: ignore[union-attr]
         )
         for entry in safe:
             if not entry.group & 1 or not 0 <= entry.element <= 0xFF:
                 raise ValueError(f"anonymise.safe_private_tags: not a private element: {entry}")
-        flags = {name: bool(params[name]) for name in OPTION_NAMES if params.get(name) is not None}
-        edition = str(params.get("table_edition") or DEFAULT_EDITION)
+        flags = {name: bool(params[name]) for name in OPTION_NAMES}
+        edition = str(params["table_edition"] or DEFAULT_EDITION)  # null: the newest
         return cls(**flags, safe_private_tags=safe, edition=edition)
 
     def method_codes(self, pixels_cleaned: bool = False) -> list[tuple[str, str]]:

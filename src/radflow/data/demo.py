@@ -12,7 +12,7 @@ import datetime as dt
 import gzip
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,9 @@ from pydicom.uid import (
 
 from radflow.core.fileio import atomic_write_bytes, atomic_write_text
 
-DEFAULTS: dict[str, Any] = {
-    "patients_per_modality": 20,
-    "max_studies_per_patient": 2,
-    "images_per_study": 3,
-    "image_size": 192,
-    "lesion_fraction": 0.5,
-}
+# The keys of params["demo"]; their defaults are in workflow/schemas/params.schema.yaml.
+COUNT_KEYS = ("patients_per_modality", "max_studies_per_patient", "images_per_study", "image_size")
+KEYS = (*COUNT_KEYS, "lesion_fraction")
 
 # Fixed so that files do not change with the installed pydicom version.
 IMPLEMENTATION_CLASS_UID = "2.25.170316151906725467803340315592301471977"
@@ -110,11 +106,21 @@ SPECS: dict[str, ModalitySpec] = {
 # --------------------------------------------------------------------------- parameters
 
 
-def resolve_params(demo_params: dict | None) -> dict[str, Any]:
-    """Fill missing keys with DEFAULTS and reject values that cannot make a valid cohort."""
-    p = {**DEFAULTS, **(demo_params or {})}
-    out = {k: int(p[k]) for k in DEFAULTS if k != "lesion_fraction"}
-    out["lesion_fraction"] = float(p["lesion_fraction"])
+def check_params(demo_params: Mapping[str, Any]) -> dict[str, Any]:
+    """params["demo"] as numbers, or ValueError for values that cannot make a valid cohort.
+
+    The values come filled from the schema (params.load, or params.with_defaults for code
+    that builds them by hand); the bounds here are looser than the schema's so that tests
+    can make tiny cohorts.
+    """
+    missing = [k for k in KEYS if k not in demo_params]
+    if missing:
+        raise ValueError(
+            f"demo: params lack {missing}; pass params['demo'] with the schema's defaults "
+            "filled (radflow.core.params.load or with_defaults)"
+        )
+    out: dict[str, Any] = {k: int(demo_params[k]) for k in COUNT_KEYS}
+    out["lesion_fraction"] = float(demo_params["lesion_fraction"])
     if out["patients_per_modality"] < 1 or out["max_studies_per_patient"] < 1:
         raise ValueError("demo: patients_per_modality and max_studies_per_patient must be >= 1")
     if out["patients_per_modality"] * out["max_studies_per_patient"] < 2:
@@ -1018,14 +1024,14 @@ def _remove_empty_parents(folder: Path, root: Path) -> None:
         folder = folder.parent
 
 
-def generate_cohort(out_dir: Path, demo_params: dict, seed: int) -> pd.DataFrame:
+def generate_cohort(out_dir: Path, demo_params: Mapping[str, Any], seed: int) -> pd.DataFrame:
     """Write the demo DICOM cohort, its masks and labels.csv under out_dir; return the labels.
 
     Paths in the table are relative to out_dir with POSIX separators; `mask` is empty for
     lesion-free images. Same seed and params give byte-identical files.
     """
     out_dir = Path(out_dir)
-    params = resolve_params(demo_params)
+    params = check_params(demo_params)
     rows: list[dict[str, str]] = []
     for mod_index, mod in enumerate(SPECS):
         for patient in _plan(mod, mod_index, params, seed):

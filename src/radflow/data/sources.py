@@ -138,49 +138,50 @@ class Source:
 
 
 def from_params(data: dict[str, Any]) -> Source:
-    rule = data.get("patient_key", {}) or {}
+    """The source params["data"] describes (validated, so the schema's defaults are filled)."""
+    rule = data["patient_key"]
     try:
-        patterns = tuple(re.compile(p) for p in rule.get("patterns", []))
+        patterns = tuple(re.compile(p) for p in rule["patterns"])
     except re.error as exc:
         raise SourceError(f"data.patient_key.patterns: bad regular expression: {exc}") from exc
-    source = rule.get("source", "dicom")
+    source = rule["source"]
     if source == "filename" and not patterns:
         raise SourceError("data.patient_key.source is filename but patterns is empty")
-    label_from = data.get("label_from")
+    label_from = data["label_from"]
     label_rule = None
     if label_from:
-        if data.get("layout", "labels_csv") != "labels_csv":
+        if data["layout"] != "labels_csv":
             raise SourceError("data.label_from needs data.layout labels_csv")
         label_rule = LabelRule(
             column=str(label_from["column"]),
-            threshold=float(label_from.get("threshold", 0)),
+            threshold=float(label_from["threshold"]),
             above=str(label_from["above"]),
             otherwise=str(label_from["otherwise"]),
         )
     return Source(
         raw_dir=Path(data["raw_dir"]),
-        layout=data.get("layout", "labels_csv"),
-        labels_csv=Path(data["labels_csv"]) if data.get("labels_csv") else None,
-        columns={c: (data.get("columns") or {}).get(c, c) for c in CANONICAL},
-        label_map={str(k): str(v) for k, v in (data.get("label_map") or {}).items()},
-        modality=data.get("modality"),
+        layout=data["layout"],
+        labels_csv=Path(data["labels_csv"]) if data["labels_csv"] else None,
+        columns={c: data["columns"][c] for c in CANONICAL},
+        label_map={str(k): str(v) for k, v in data["label_map"].items()},
+        modality=data["modality"],
         patient=PatientRule(
             source=source,
-            dicom_attribute=rule.get("dicom_attribute", "PatientID"),
+            dicom_attribute=rule["dicom_attribute"],
             patterns=patterns,
-            bucket=rule.get("bucket"),
+            bucket=rule["bucket"],
         ),
         label_rule=label_rule,
-        mask_dir=Path(data["mask_dir"]) if data.get("mask_dir") else None,
+        mask_dir=Path(data["mask_dir"]) if data["mask_dir"] else None,
         box_rule=_box_rule(data),
     )
 
 
 def _box_rule(data: dict[str, Any]) -> BoxRule | None:
-    boxes = data.get("boxes")
+    boxes = data["boxes"]
     if not boxes:
         return None
-    if data.get("layout", "labels_csv") != "labels_csv":
+    if data["layout"] != "labels_csv":
         raise SourceError("data.boxes needs data.layout labels_csv")
     return BoxRule(columns=tuple(str(c) for c in boxes["columns"]), format=boxes["format"])
 
