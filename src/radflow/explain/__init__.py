@@ -1,1 +1,4 @@
-"""Explanations: methods, faithfulness scores and rendering of the maps."""
+"""Explanations: methods, faithfulness scores and rendering of the maps.
+
+stage (the one call the CLI makes) < methods, faithfulness, render.
+"""
