@@ -1,4 +1,4 @@
 """Explanations: methods, faithfulness scores and rendering of the maps.
 
-stage (the one call the CLI makes) < methods, faithfulness, render.
+stage.explain_model (the one call the CLI makes) uses methods, faithfulness and render.
 """
