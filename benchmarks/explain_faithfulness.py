@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radflow.core import imaging
 from radflow.data import preprocess  # noqa: E402
-from radflow.explain import explain
+from radflow.explain import faithfulness, stage
+from radflow.explain.methods import EXPLAINERS, explain
 from radflow.learning import models
 
 
@@ -94,22 +95,23 @@ def evaluate(
     x = models.normalise_batch(torch.from_numpy(images))
     nan = [{"deletion_auc": np.nan, "insertion_auc": np.nan}] * len(x)
     baselines = [
-        explain.random_baseline(model, x[j], targets[j], seed + j, 3, steps) for j in range(len(x))
+        faithfulness.random_baseline(model, x[j], targets[j], seed + j, 3, steps)
+        for j in range(len(x))
     ] if curves else nan  # fmt: skip
     rows, per_image = [], []
     for method in methods:
         start = time.perf_counter()
         maps = np.concatenate(
             [
-                explain.explain(
+                explain(
                     model, x[i : i + 16], targets[i : i + 16], method, seed, cam_layer=cam_layer
                 )
                 for i in range(0, len(x), 16)
             ]
         )
         seconds = time.perf_counter() - start
-        hits = [explain.pointing_game(maps[j], lesions[j], tolerance) for j in range(len(x))]
-        energy = [explain.energy_in_lesion(maps[j], lesions[j]) for j in range(len(x))]
+        hits = [faithfulness.pointing_game(maps[j], lesions[j], tolerance) for j in range(len(x))]
+        energy = [faithfulness.energy_in_lesion(maps[j], lesions[j]) for j in range(len(x))]
         per_image += [
             {"method": method, "image": j, "hit": hits[j], "energy": energy[j]}
             for j in range(len(x))
@@ -117,10 +119,11 @@ def evaluate(
         deletion, insertion = [np.nan], [np.nan]
         if curves:
             deletion = [
-                explain.deletion_auc(model, x[j], targets[j], maps[j], steps) for j in range(len(x))
+                faithfulness.deletion_auc(model, x[j], targets[j], maps[j], steps)
+                for j in range(len(x))
             ]
             insertion = [
-                explain.insertion_auc(model, x[j], targets[j], maps[j], steps)
+                faithfulness.insertion_auc(model, x[j], targets[j], maps[j], steps)
                 for j in range(len(x))
             ]
         rnd_del = float(np.mean([b["deletion_auc"] for b in baselines]))
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", type=Path, help="cheng: a text file of file names (one per line) to draw from"
     )
-    parser.add_argument("--methods", default=",".join(explain.EXPLAINERS))
+    parser.add_argument("--methods", default=",".join(EXPLAINERS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tolerance", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=42)
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.steps,
         args.tolerance,
-        explain.cam_layer_for(args.cam_layer, meta),
+        stage.cam_layer_for(args.cam_layer, meta),
         curves=not args.localisation_only,
     )
     print(f"dataset {args.dataset}, {len(images)} lesion images, model {args.model}")

@@ -83,17 +83,17 @@ def pooled_metrics(scored: list[tuple], seed: int) -> dict:
     monotone change within the fold), then one 0.5 rule decides all; AUC uses the raw
     probabilities. Multi-class: argmax.
     """
-    from radflow.evaluation import evaluate
+    from radflow.evaluation.classification import classification_metrics
 
     classes = scored[0][3]
     y_true = np.concatenate([[classes.index(v) for v in s[0]] for s in scored])
     probs = np.concatenate([s[1] for s in scored])
-    metrics = evaluate.classification_metrics(y_true, probs, classes, 1000, 0.95, seed)
+    metrics = classification_metrics(y_true, probs, classes, 1000, 0.95, seed)
     if len(classes) == 2:
         centred = np.concatenate(
             [np.clip(s[1][:, 1] - (0.5 if s[2] is None else s[2]) + 0.5, 0, 1) for s in scored]
         )
-        decided = evaluate.classification_metrics(
+        decided = classification_metrics(
             y_true, np.stack([1 - centred, centred], axis=1), classes, 1000, 0.95, seed, 0.5
         )
         auc = metrics["classification"]["auc"]

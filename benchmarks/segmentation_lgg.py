@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from radflow.core import params as params_mod
-    from radflow.evaluation import evaluate
+    from radflow.evaluation.segmentation import segmentation_metrics
     from radflow.learning import segmentation
 
     torch.set_num_threads(args.threads)
@@ -263,18 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         kept.append(f"{result.best_epoch} (val Dice {result.best_metric:.3f})")
         seconds.append(float(result.history["seconds"].mean()))
         if args.folds:
-            fold, _ = evaluate.segmentation_metrics(
+            fold, _ = segmentation_metrics(
                 pred[held_idx], masks[held_idx] > 0, 0, ev["ci_level"], seed
             )
             print(f"fold {k}: IoU tumour slices {fold['iou_lesion']['value']:.3f}", flush=True)
     truth, groups = masks[held_all] > 0, patients[held_all]
-    summary, _ = evaluate.segmentation_metrics(
+    summary, _ = segmentation_metrics(
         pred[held_all], truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=groups
     )
     raw = None
     if stored["postprocess"]["min_size"] or stored["postprocess"]["largest_component"]:
         plain = probs[held_all] >= stored["postprocess"]["threshold"]
-        raw, _ = evaluate.segmentation_metrics(
+        raw, _ = segmentation_metrics(
             plain, truth, ev["bootstrap_samples"], ev["ci_level"], seed, patients=groups
         )
     wall = time.perf_counter() - start

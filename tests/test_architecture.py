@@ -80,7 +80,6 @@ def test_every_module_lives_in_a_layer_folder() -> None:
     assert not loose, f"modules outside the layer folders {LAYERS}: {loose}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: learning imports evaluation and train's privates")
 def test_imports_only_point_down_the_layers() -> None:
     upward = []
     for imp in all_imports():

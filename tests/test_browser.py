@@ -19,7 +19,7 @@ import browser
 import pytest
 from test_report import MALICIOUS, _cards, _context
 
-from radflow.report import report as rp
+from radflow.report.pages import render_index, render_modality_page
 
 CHROMIUM = browser.find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -40,8 +40,8 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An index and a modality page (with a hostile label) rendered from synthetic inputs."""
     folder = tmp_path_factory.mktemp("pages")
     context = _context(["benign", MALICIOUS])
-    (folder / "mri.html").write_text(rp.render_modality_page(context), encoding="utf-8")
-    (folder / "index.html").write_text(rp.render_index(_cards(), {}), encoding="utf-8")
+    (folder / "mri.html").write_text(render_modality_page(context), encoding="utf-8")
+    (folder / "index.html").write_text(render_index(_cards(), {}), encoding="utf-8")
     return folder
 
 

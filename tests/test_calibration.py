@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from radflow.learning import calibration
 
@@ -20,12 +21,39 @@ def test_temperature_scaling_cools_overconfident_logits_and_lowers_ece():
     assert after < before
 
 
-def test_temperature_keeps_the_ranking():
+def _nll(logits, labels, t):
+    probs = calibration.softmax(logits, t)
+    return -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+
+
+def test_fitted_temperature_minimises_validation_nll_near_the_generating_one():
+    # The classes are N(+-1, 1) in `signal`: the true log-odds are 2 * signal, the logits'
+    # 8 * signal, so T = 4 restores calibration.
     logits, labels = _overconfident()
     t = calibration.fit_temperature(logits, labels)
-    p1 = calibration.softmax(logits)[:, 1]
-    pt = calibration.softmax(logits, t)[:, 1]
-    assert (np.argsort(p1, kind="stable") == np.argsort(pt, kind="stable")).all()
+    assert t == pytest.approx(4.0, abs=0.5)
+    best = _nll(logits, labels, t)
+    assert best < _nll(logits, labels, 1.0)
+    assert best <= min(_nll(logits, labels, t * 1.1), _nll(logits, labels, t / 1.1))
+
+
+def test_ece_bins_are_equal_width_and_closed_on_the_right():
+    assert calibration.bin_ids(np.array([0.0, 0.1, 0.3, 0.30001, 0.95, 1.0]), 10).tolist() == [
+        0, 0, 2, 3, 9, 9
+    ]  # fmt: skip
+    probs = np.array([[0.3, 0.7], [0.7, 0.3], [0.45, 0.55], [0.2, 0.8]])
+    labels = np.array([1, 1, 0, 1])
+    # bins (0.6, 0.7]: conf 0.7, 0.7 acc 1/2; (0.5, 0.6]: 0.55 acc 0; (0.7, 0.8]: 0.8 acc 1
+    expected = (2 * abs(0.7 - 0.5) + abs(0.55 - 0.0) + abs(0.8 - 1.0)) / 4
+    assert calibration.expected_calibration_error(probs, labels) == pytest.approx(expected)
+
+
+def test_decide_uses_the_threshold_for_two_classes_and_the_argmax_otherwise():
+    probs = np.array([[0.7, 0.3], [0.4, 0.6]])
+    assert calibration.decide(probs).tolist() == [0, 1]
+    assert calibration.decide(probs, 0.25).tolist() == [1, 1]
+    three = np.array([[0.2, 0.3, 0.5]])
+    assert calibration.decide(three, 0.1).tolist() == [2]
 
 
 def test_sensitivity_policy_reaches_the_target_on_validation():

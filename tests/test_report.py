@@ -9,15 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radflow.evaluation import evaluate as ev
-from radflow.report import report as rp
+from radflow.evaluation import classification as cl
+from radflow.evaluation import reliability, subgroups
+from radflow.evaluation import segmentation as seg
+from radflow.report import figures, formatting, pages, views
 
 MALICIOUS = "<script>alert(1)</script>"
 
 
 def _png(seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
-    return rp.roc_png(
+    return figures.roc_png(
         pd.DataFrame({"fpr": np.sort(rng.random(5)), "tpr": np.sort(rng.random(5))}), None
     )
 
@@ -33,23 +35,23 @@ def _metrics(classes: list[str], seed: int = 0, segmentation: bool = True) -> di
         "modality": "mri",
         "n_test": 40,
         "classes": classes,
-        "positive_class": ev.positive_class(classes),
-        **ev.classification_metrics(y, probs, classes, 200, 0.95, 0),
+        "positive_class": cl.positive_class(classes),
+        **cl.classification_metrics(y, probs, classes, 200, 0.95, 0),
         "segmentation": None,
         "ci_level": 0.95,
         "bootstrap_samples": 200,
         "params_hash": "abc123def456",
     }
-    metrics["operating_point"] = ev.operating_point(y, probs, classes, None)
-    metrics["calibration"] = ev.calibration(y, probs, classes, 10, 200, 0.95, 0)
-    metrics["subgroups"] = ev.subgroup_metrics(
+    metrics["operating_point"] = cl.operating_point(y, probs, classes, None)
+    metrics["calibration"] = reliability.calibration(y, probs, classes, 10, 200, 0.95, 0)
+    metrics["subgroups"] = subgroups.subgroup_metrics(
         pd.DataFrame({"site": ["A", "B"] * 20}), y, probs, classes, 50, 0.95, 0
     )
     metrics["inputs"] = {"data/processed/mri/images.npy": "ab" * 32}
     if segmentation:
         masks = rng.random((4, 16, 16)) > 0.5
-        metrics["segmentation"], _ = ev.segmentation_metrics(masks, masks, 50, 0.95, 0)
-    return metrics, ev.roc_table(y, probs, classes)
+        metrics["segmentation"], _ = seg.segmentation_metrics(masks, masks, 50, 0.95, 0)
+    return metrics, cl.roc_table(y, probs, classes)
 
 
 def _predictions(classes: list[str]) -> pd.DataFrame:
@@ -86,10 +88,10 @@ def _history(metric_start: float) -> pd.DataFrame:
     )
 
 
-def _context(classes: list[str] | None = None, **overrides) -> rp.ModalityContext:
+def _context(classes: list[str] | None = None, **overrides) -> views.ModalityContext:
     classes = classes or ["no_tumour", "tumour"]
     metrics, roc = _metrics(classes)
-    context: rp.ModalityContext = {
+    context: views.ModalityContext = {
         "modality": "mri",
         "metrics": metrics,
         "roc": roc,
@@ -154,7 +156,7 @@ def _context(classes: list[str] | None = None, **overrides) -> rp.ModalityContex
             },
         ],
         "predictions": _predictions(classes),
-        "pr": ev.pr_table(np.arange(40) % len(classes), _probs(classes), classes),
+        "pr": cl.pr_table(np.arange(40) % len(classes), _probs(classes), classes),
         "git_revision": "1234abc",
         "meta": {
             "arch": "tf_efficientnet_lite0",
@@ -172,7 +174,7 @@ def _context(classes: list[str] | None = None, **overrides) -> rp.ModalityContex
 
 @pytest.fixture(scope="module")
 def page() -> str:
-    return rp.render_modality_page(_context())
+    return pages.render_modality_page(_context())
 
 
 # ---------------------------------------------------------------------- modality page
@@ -183,15 +185,15 @@ def test_page_contains_every_metric_with_its_confidence_interval(page):
     for name, interval in metrics.items():
         row = re.search(rf'<tr data-metric="{name}">(.*?)</tr>', page, re.S)
         assert row, name
-        assert rp.format_value(interval["value"]) in row.group(1)
-        assert rp.format_ci(interval) in row.group(1)
+        assert formatting.format_value(interval["value"]) in row.group(1)
+        assert formatting.format_ci(interval) in row.group(1)
         assert re.search(r"\[\d\.\d{3}, \d\.\d{3}\]", row.group(1)), name
 
 
 def test_undefined_metrics_show_as_not_available():
     metrics, roc = _metrics(["a", "b"])
     metrics["classification"]["auc"] = {"value": None, "ci_low": None, "ci_high": None}
-    html = rp.render_modality_page(_context(metrics=metrics, roc=roc))
+    html = pages.render_modality_page(_context(metrics=metrics, roc=roc))
     row = re.search(r'<tr data-metric="auc">(.*?)</tr>', html, re.S).group(1)
     assert row.count("n/a") == 2
 
@@ -200,13 +202,13 @@ def test_page_shows_segmentation_metrics_when_present(page):
     segmentation = _context()["metrics"]["segmentation"]
     for key in ("dice", "iou", "dice_lesion"):
         row = re.search(rf'<tr data-metric="{key}">(.*?)</tr>', page, re.S)
-        assert row and rp.format_value(segmentation[key]["value"]) in row.group(1)
+        assert row and formatting.format_value(segmentation[key]["value"]) in row.group(1)
 
 
 def test_page_explains_why_there_is_no_segmenter():
     metrics, roc = _metrics(["a", "b"], segmentation=False)
     reason = "no masks for modality xray"
-    html = rp.render_modality_page(
+    html = pages.render_modality_page(
         _context(metrics=metrics, roc=roc, segmenter_meta={"trained": False, "reason": reason})
     )
     assert reason in html
@@ -227,7 +229,7 @@ def test_page_is_self_contained_with_images_as_data_uris(page):
 
 def test_explanation_overlay_is_embedded_with_its_details(page):
     item = _context()["explanations"][0]
-    assert rp.data_uri(item["png"]) in page
+    assert views.data_uri(item["png"]) in page
     for text in (item["image_id"], item["method"], "0.870", "0.210", "0.740", "0.430", "0.520"):
         assert text in page
 
@@ -240,7 +242,7 @@ def test_malicious_labels_and_params_are_escaped():
     context["cases"][0]["image_id"] = MALICIOUS
     context["predictions"]["image_id"] = MALICIOUS
     context["metrics"]["inputs"] = {MALICIOUS: MALICIOUS}
-    html = rp.render_modality_page(context)
+    html = pages.render_modality_page(context)
     assert MALICIOUS not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<script") == 1  # only the page's own inline script
@@ -267,31 +269,31 @@ def test_confusion_matrix_table_has_one_row_per_actual_class(page):
 
 
 def test_same_context_renders_the_same_page():
-    assert rp.render_modality_page(_context()) == rp.render_modality_page(_context())
+    assert pages.render_modality_page(_context()) == pages.render_modality_page(_context())
 
 
 def test_a_missing_overlay_fails_loudly():
     context = _context()
     context["explanations"][0]["png"] = b""
     with pytest.raises(ValueError, match="no png bytes"):
-        rp.render_modality_page(context)
+        pages.render_modality_page(context)
 
 
 def test_modality_names_that_are_not_plain_words_are_refused():
     with pytest.raises(ValueError, match="modality name"):
-        rp.render_modality_page(_context(modality="../etc"))
+        pages.render_modality_page(_context(modality="../etc"))
 
 
 def test_multiclass_page_renders_without_a_positive_class():
-    html = rp.render_modality_page(_context(["a", "b", "c"]))
+    html = pages.render_modality_page(_context(["a", "b", "c"]))
     assert "positive class" not in html
-    assert html.count("<tr data-metric=") >= len(ev.METRICS)
+    assert html.count("<tr data-metric=") >= len(cl.METRICS)
 
 
 # ------------------------------------------------------------------------- index page
 
 
-def _cards() -> list[rp.IndexCard]:
+def _cards() -> list[views.IndexCard]:
     return [
         {"modality": "mri", "metrics": _metrics(["a", "b"], seed=1)[0]},
         {"modality": "ct", "metrics": _metrics(["a", "b"], seed=2, segmentation=False)[0]},
@@ -300,7 +302,7 @@ def _cards() -> list[rp.IndexCard]:
 
 
 def test_index_links_each_modality_page():
-    html = rp.render_index(_cards(), {"generated_at": "2024-05-01T12:00:00Z"})
+    html = pages.render_index(_cards(), {"generated_at": "2024-05-01T12:00:00Z"})
     for modality in ("mri", "ct", "xray"):
         assert f'href="{modality}.html#metrics"' in html
         assert f'href="{modality}.html#segmentation"' in html
@@ -309,13 +311,13 @@ def test_index_links_each_modality_page():
 
 def test_index_has_a_classifier_and_a_segmenter_card_per_modality():
     cards = _cards()
-    html = rp.render_index(cards, {})
+    html = pages.render_index(cards, {})
     for card in cards[:2]:
         cls = card["metrics"]["classification"]
         m = card["modality"]
         section = re.search(rf'id="card-{m}" data-task="classifier">(.*?)</div>', html, re.S)
-        assert rp.format_interval(cls["auc"]) in section.group(1)
-        assert rp.format_interval(cls["accuracy"]) in section.group(1)
+        assert formatting.format_interval(cls["auc"]) in section.group(1)
+        assert formatting.format_interval(cls["accuracy"]) in section.group(1)
         assert "ECE" in section.group(1) and f'href="{m}.html#metrics"' in section.group(1)
         seg = re.search(rf'id="card-{m}-segmenter" data-task="segmenter">(.*?)</div>', html, re.S)
         assert ("Dice" in seg.group(1)) == (card["metrics"]["segmentation"] is not None)
@@ -325,7 +327,7 @@ def test_index_has_a_classifier_and_a_segmenter_card_per_modality():
 def test_index_says_why_a_segmenter_is_missing_and_shows_provenance():
     metrics = _metrics(["a", "b"], segmentation=False)[0]
     metrics["segmenter"] = {"trained": False, "reason": "no lesion masks for xray"}
-    html = rp.render_index(
+    html = pages.render_index(
         [{"modality": "xray", "metrics": metrics}],
         {"git_revision": "beef123", "params_hash": "abc", "versions": {"torch": "9.9"}},
     )
@@ -336,7 +338,7 @@ def test_index_says_why_a_segmenter_is_missing_and_shows_provenance():
 
 
 def test_index_escapes_its_title():
-    html = rp.render_index(_cards(), {"title": MALICIOUS})
+    html = pages.render_index(_cards(), {"title": MALICIOUS})
     assert MALICIOUS not in html
 
 
@@ -345,23 +347,30 @@ def test_index_escapes_its_title():
 
 def test_figure_helpers_return_deterministic_pngs():
     matrix, labels = [[5, 1], [2, 7]], ["a $b", "c"]
-    assert rp.confusion_png(matrix, labels) == rp.confusion_png(matrix, labels)
-    assert rp.confusion_png(matrix, labels).startswith(b"\x89PNG")
+    assert figures.confusion_png(matrix, labels) == figures.confusion_png(matrix, labels)
+    assert figures.confusion_png(matrix, labels).startswith(b"\x89PNG")
     history = _history(0.5)
-    assert rp.history_png(history, "classifier") == rp.history_png(history, "classifier")
-    assert rp.roc_png(pd.DataFrame({"fpr": [], "tpr": []}), None).startswith(b"\x89PNG")
+    assert figures.history_png(history, "classifier") == figures.history_png(history, "classifier")
+    assert figures.roc_png(pd.DataFrame({"fpr": [], "tpr": []}), None).startswith(b"\x89PNG")
 
 
 def test_interval_formatting_handles_nulls():
-    assert rp.format_interval(None) == "n/a"
-    assert rp.format_interval({"value": None, "ci_low": None, "ci_high": None}) == "n/a"
-    assert rp.format_interval({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.500"
-    assert rp.format_interval({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == (
+    assert formatting.format_interval(None) == "n/a"
+    assert formatting.format_interval({"value": None, "ci_low": None, "ci_high": None}) == "n/a"
+    assert formatting.format_interval({"value": 0.5, "ci_low": None, "ci_high": None}) == "0.500"
+    assert formatting.format_interval({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == (
         "0.500 [0.250, 0.750]"
     )
 
 
 # --------------------------------------------------------------- new page sections
+
+
+def test_the_reliability_figure_says_which_ece_convention_it_uses(page):
+    caption = re.search(r'id="calibration-caption">(.*?)</figcaption>', page, re.S)
+    assert caption, "no caption beside the reliability diagram"
+    assert "top-label confidence" in caption.group(1) and "Guo et al. 2017" in caption.group(1)
+    assert "equal-width bins" in caption.group(1)
 
 
 def test_curves_and_calibration_are_drawn_and_the_operating_point_is_named(page):
@@ -379,7 +388,7 @@ def test_a_threshold_operating_point_is_shown_with_its_value():
         "rule": "threshold",
         "threshold": 0.3,
     }
-    html = rp.render_modality_page(_context(metrics=metrics, roc=roc))
+    html = pages.render_modality_page(_context(metrics=metrics, roc=roc))
     assert "operating point (threshold 0.30)" in html
 
 
@@ -393,7 +402,7 @@ def test_subgroup_table_has_a_row_per_group_with_cis(page):
 def test_missing_subgroup_columns_are_stated():
     metrics, roc = _metrics(["a", "b"])
     metrics["subgroups"] = {"columns": [], "groups": []}
-    html = rp.render_modality_page(_context(metrics=metrics, roc=roc))
+    html = pages.render_modality_page(_context(metrics=metrics, roc=roc))
     assert 'id="no-subgroups"' in html and "No subgroup columns are available" in html
     assert "sex" in html
 
@@ -427,7 +436,7 @@ def test_sortable_tables_use_a_small_inline_script(page):
 
 
 def test_cards_of_explanations_follow_the_method_ranking():
-    cards = rp._explanation_cards(
+    cards = views.explanation_cards(
         [
             {
                 "image_id": "x",
@@ -451,7 +460,7 @@ def test_page_says_when_the_classifier_was_trained_to_look_at_lesions(page):
     context["meta"] = {**context["meta"], "lesion_attention": 1.0}
     note = re.search(
         r'<p class="note" id="lesion-attention-note">(.*?)</p>',
-        rp.render_modality_page(context),
+        pages.render_modality_page(context),
         re.S,
     )
     assert note is not None and "weight 1.0" in note.group(1)

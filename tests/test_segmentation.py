@@ -20,8 +20,9 @@ from radflow.core import export, params
 from radflow.core.fileio import read_json
 from radflow.data import sources
 from radflow.data.preprocess import to_square
-from radflow.evaluation import evaluate as ev
-from radflow.learning import models, predict, segmentation, weights
+from radflow.evaluation import segmentation as evseg
+from radflow.evaluation.render import mask_overlay_png
+from radflow.learning import models, overlap, predict, segmentation, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LGG = ROOT.parent / "shared" / "datasets" / "mri-lgg-segmentation"
@@ -102,7 +103,7 @@ def test_segmenter_outlines_the_squares(trained):
     images, masks = _squares()
     lesion = np.arange(25, 32, 2)
     pred, probs = segmentation.predict_masks(model, images[lesion], meta)
-    assert segmentation.mean_dice(pred, masks[lesion] > 0) > 0.7
+    assert overlap.mean_dice(pred, masks[lesion] > 0) > 0.7
     assert probs.shape == pred.shape and probs.min() >= 0 and probs.max() <= 1
     assert meta["arch"] == "unet" and meta["postprocess"]["threshold"] == 0.5
 
@@ -176,9 +177,9 @@ def test_masks_return_to_the_original_grid_after_pad_and_resize():
 def test_best_median_and_worst_cases_come_from_lesion_images_only():
     dice = np.array([1.0, 0.9, 0.2, 0.5, 0.7])
     lesion = np.array([False, True, True, True, True])
-    cases = segmentation.pick_cases(dice, dice, lesion)
+    cases = evseg.pick_cases(dice, dice, lesion)
     assert [(c.rank, c.position) for c in cases] == [("best", 1), ("median", 4), ("worst", 2)]
-    assert segmentation.pick_cases(dice, dice, np.zeros(5, dtype=bool)) == []
+    assert evseg.pick_cases(dice, dice, np.zeros(5, dtype=bool)) == []
 
 
 # ------------------------------------------------------------------------ metrics
@@ -193,7 +194,7 @@ def _square(size: int, r: int, c: int, side: int) -> np.ndarray:
 def test_hd95_is_defined_only_where_truth_and_prediction_both_exist():
     true = np.stack([_square(32, 8, 8, 8), _square(32, 8, 8, 8), np.zeros((32, 32), bool)])
     pred = np.stack([_square(32, 8, 11, 8), np.zeros((32, 32), bool), _square(32, 1, 1, 3)])
-    hd = ev.hd95_per_image(pred, true)
+    hd = evseg.hd95_per_image(pred, true)
     assert hd[0] == pytest.approx(3.0)
     assert np.isnan(hd[1]) and np.isnan(hd[2])
 
@@ -202,7 +203,7 @@ def test_empty_cases_are_reported_apart_as_false_positive_and_missed_rates():
     empty = np.zeros((32, 32), bool)
     true = np.stack([_square(32, 8, 8, 8), _square(32, 8, 8, 8), empty, empty, empty, empty])
     pred = np.stack([_square(32, 8, 8, 8), empty, _square(32, 1, 1, 3), empty, empty, empty])
-    summary, table = ev.segmentation_metrics(pred, true, 50, 0.95, 0)
+    summary, table = evseg.segmentation_metrics(pred, true, 50, 0.95, 0)
     assert summary["n_empty"] == 4 and summary["n_lesion"] == 2
     assert summary["fp_rate_empty"]["value"] == pytest.approx(0.25)
     assert summary["fn_rate_lesion"]["value"] == pytest.approx(0.5)
@@ -216,7 +217,7 @@ def test_per_patient_dice_pools_the_slices_of_each_patient():
     b = _square(16, 2, 2, 8)  # 64 pixels
     true = np.stack([a, b, b])
     pred = np.stack([a, np.zeros_like(b), b])
-    summary, _ = ev.segmentation_metrics(
+    summary, _ = evseg.segmentation_metrics(
         pred, true, 200, 0.95, 0, patients=np.array(["p", "p", "q"])
     )
     per = summary["per_patient"]
@@ -226,7 +227,7 @@ def test_per_patient_dice_pools_the_slices_of_each_patient():
     assert per["dice"]["ci_low"] <= per["dice"]["value"] <= per["dice"]["ci_high"]
     assert summary["bootstrap"].startswith("patients")
     with pytest.raises(ValueError, match="patient keys"):
-        ev.segmentation_metrics(pred, true, 10, 0.95, 0, patients=np.array(["p"]))
+        evseg.segmentation_metrics(pred, true, 10, 0.95, 0, patients=np.array(["p"]))
 
 
 # ------------------------------------------------------------------------ exports
@@ -378,9 +379,9 @@ def test_evaluate_writes_per_patient_metrics_and_case_overlays(trained, tmp_path
         {"image_id": [f"i{k}" for k in range(8)], "array_index": range(8),
          "patient_key": ["a", "a", "b", "b", "c", "c", "d", "d"]}
     )  # fmt: skip
-    ev_params = {"bootstrap_samples": 50, "ci_level": 0.95}
-    summary, table, overlays = cli._evaluate_segmenter(
-        trained, images, masks, index, test, ev_params, 0
+    model, meta = models.load_model(trained)
+    summary, table, overlays = evseg.evaluate_segmenter(
+        model, meta, images, masks, index, test, 50, 0.95, 0
     )
     assert summary["per_patient"]["n_patients"] == 4
     assert [c["rank"] for c in summary["cases"]] == ["best", "median", "worst"]
@@ -395,14 +396,14 @@ def test_evaluate_writes_per_patient_metrics_and_case_overlays(trained, tmp_path
 def test_report_shows_per_patient_metrics_and_best_median_worst_overlays():
     from test_report import _context
 
-    from radflow.report import report
+    from radflow.report import pages
 
     true = np.stack([_square(16, 2, 2, 6)] * 4 + [np.zeros((16, 16), bool)] * 2)
     pred = np.stack([_square(16, 2, 2 + k, 6) for k in range(4)] + [np.zeros((16, 16), bool)] * 2)
-    summary, table = ev.segmentation_metrics(
+    summary, table = evseg.segmentation_metrics(
         pred, true, 50, 0.95, 0, patients=np.array(list("aabbcc"))
     )
-    picks = segmentation.pick_cases(
+    picks = evseg.pick_cases(
         table["dice"].to_numpy(), table["iou"].to_numpy(), ~table["truth_empty"].to_numpy()
     )
     summary["cases"] = [
@@ -411,7 +412,7 @@ def test_report_shows_per_patient_metrics_and_best_median_worst_overlays():
         for c in picks
     ]  # fmt: skip
     overlays = {
-        f"overlays/{c.rank}.png": segmentation.overlay_png(
+        f"overlays/{c.rank}.png": mask_overlay_png(
             pred[c.position] * 200, true[c.position], pred[c.position]
         )
         for c in picks
@@ -425,7 +426,7 @@ def test_report_shows_per_patient_metrics_and_best_median_worst_overlays():
         "weights_origin": "ImageNet",
         "postprocess": {"min_size": 30},
     }
-    html = report.render_modality_page(context)
+    html = pages.render_modality_page(context)
     section = html[
         html.index('<section id="segmentation">') : html.index('<section id="explanations">')
     ]

@@ -14,8 +14,8 @@ from conftest import filled, train_segmenter_dir, write_dicom, write_png
 
 from radflow.core import imaging, volumes
 from radflow.data import ingest, sources
-from radflow.learning import models, predict, segmentation, weights
-from radflow.report import report
+from radflow.learning import models, overlap, predict, segmentation, weights
+from radflow.report import views
 
 TRAIN = {
     "device": "cpu",
@@ -150,7 +150,7 @@ def test_a_context_segmenter_tells_a_lesion_through_slices_from_a_one_slice_blip
     inputs = segmentation.model_input(images, index, meta)
     pred, _ = segmentation.predict_masks(model, inputs, meta)
     tube = masks.reshape(len(masks), -1).any(1)
-    assert segmentation.mean_dice(pred[tube], masks[tube] > 0) > 0.7
+    assert overlap.mean_dice(pred[tube], masks[tube] > 0) > 0.7
     blip = np.array([v * 5 + 2 for v in (0, 2)])  # the one-slice squares, 64 pixels each
     assert pred[blip].sum() < 0.2 * 64 * len(blip)
 
@@ -189,6 +189,6 @@ def test_predict_groups_dicom_slices_by_series_and_position(tmp_path):
 
 def test_the_report_says_when_the_segmenter_reads_neighbouring_slices():
     base = {"trained": True, "arch": "unet", "weights_origin": "none"}
-    assert "input" not in dict(report._segmenter_settings(base))
-    rows = dict(report._segmenter_settings(base | {"context_slices": 1}))
+    assert "input" not in dict(views.segmenter_settings(base))
+    rows = dict(views.segmenter_settings(base | {"context_slices": 1}))
     assert "1 neighbouring slice" in rows["input"]

@@ -291,141 +291,69 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.data import ingest
-    from radflow.evaluation import evaluate
-    from radflow.learning import models, train
+    from radflow.evaluation import stage
+    from radflow.learning import models
 
-    data_dir = Path(args.data)
+    data_dir, split_path = Path(args.data), Path(args.split)
     images, masks, index = _load_processed(data_dir)
-    split = _read_split(Path(args.split))
-    test = split[split["split"] == "test"].reset_index(drop=True)
+    split = _read_split(split_path)
     classifier, meta = models.load_model(Path(args.models) / "classifier")
-    classes = meta["classes"]
-    threshold = meta.get("threshold")
-    y_true = np.array([classes.index(lab) for lab in test["label"]])
-    probs = train.predict_probs(
-        classifier, images[test["array_index"].to_numpy()],
-        temperature=meta.get("temperature", 1.0), tta=meta.get("tta", False),
-    )  # fmt: skip
-    ev, seed = params["evaluate"], params["seed"]
-    n_boot, ci_level = ev["bootstrap_samples"], ev["ci_level"]
-    result = evaluate.classification_metrics(
-        y_true, probs, classes, n_boot, ci_level, seed, threshold=threshold
-    )
-    predictions = evaluate.predictions_table(test, probs, classes, threshold)
-    out = Path(args.out)
     seg_dir = Path(args.models) / "segmenter"
-    seg_summary, seg_table, seg_overlays = _evaluate_segmenter(
-        seg_dir, images, masks, index, test, ev, params["seed"]
-    )
     seg_meta = read_json(seg_dir / "meta.json")
-    groups = index.set_index("array_index").loc[test["array_index"].to_numpy()]
-    split_path = Path(args.split)
-    metrics = {
-        "modality": args.modality,
-        "n_test": int(len(test)),
-        "classes": classes,
-        "positive_class": evaluate.positive_class(classes),
-        **result,
-        "operating_point": evaluate.operating_point(y_true, probs, classes, threshold),
-        "calibration": evaluate.calibration(
-            y_true, probs, classes, ev["calibration_bins"], n_boot, ci_level, seed
-        ),
-        "subgroups": evaluate.subgroup_metrics(
-            groups, y_true, probs, classes, n_boot, ci_level, seed, threshold
-        ),
-        "segmentation": seg_summary,
-        "segmenter": {
-            "trained": bool(seg_meta.get("trained", False)),
-            "reason": seg_meta.get("reason"),
-        },
-        "inputs": {
-            str(path): ingest.sha256_file(path)
-            for path in (
-                data_dir / "images.npy",
-                data_dir / "masks.npy",
-                data_dir / "index.csv",
-                split_path,
-            )
-        },
-        "ci_level": ci_level,
-        "bootstrap_samples": n_boot,
-        "params_hash": params_mod.params_hash(params),
+    segmenter = None
+    if seg_meta.get("trained", False):
+        segmenter, seg_meta = models.load_model(seg_dir)
+    inputs = {
+        str(path): ingest.sha256_file(path)
+        for path in (
+            data_dir / "images.npy",
+            data_dir / "masks.npy",
+            data_dir / "index.csv",
+            split_path,
+        )
     }
-    _write_csv(out / "predictions.csv", predictions)
-    _write_csv(out / "roc.csv", evaluate.roc_table(y_true, probs, classes))
-    _write_csv(out / "pr.csv", evaluate.pr_table(y_true, probs, classes))
-    y_pred = evaluate.decide(probs, threshold)
-    _write_csv(out / "confusion.csv", evaluate.confusion_table(y_true, y_pred, classes))
-    _write_csv(out / "segmentation.csv", seg_table)
+    result = stage.evaluate(
+        args.modality, images, masks, index, split, classifier, meta, segmenter, seg_meta,
+        params, inputs,
+    )  # fmt: skip
+    out = Path(args.out)
+    for name, table in result.tables.items():
+        _write_csv(out / name, table)
     _replace_dir(
         out / "overlays",
         lambda tmp: [
             atomic_write(tmp / Path(n).name, lambda p, data=png: p.write_bytes(data))
-            for n, png in seg_overlays.items()
+            for n, png in result.overlays.items()
         ],
     )
+    metrics = result.metrics
     write_json(out / "metrics.json", metrics)
-    auc = result["classification"]["auc"]["value"]
     log.info(
         "evaluate %s: n_test=%d AUC=%s operating point %s",
         args.modality,
-        len(test),
-        auc,
+        metrics["n_test"],
+        metrics["classification"]["auc"]["value"],
         metrics["operating_point"]["rule"],
     )
 
 
-def _evaluate_segmenter(
-    seg_dir: Path,
-    images: np.ndarray,
-    masks: np.ndarray,
-    index: pd.DataFrame,
-    test: pd.DataFrame,
-    ev: dict[str, Any],
-    seed: int,
-) -> tuple[dict[str, Any] | None, pd.DataFrame, dict[str, bytes]]:
-    """Test-set segmentation metrics (per slice and per patient), the per-image table and
-    overlay PNGs of the best, median and worst lesion cases."""
-    from radflow.learning import models, segmentation, train
-
-    empty = pd.DataFrame(
-        columns=["image_id", "patient_key", "dice", "iou", "hd95", "truth_empty", "pred_empty"]
-    )
-    if not read_json(seg_dir / "meta.json").get("trained", False):
-        return None, empty, {}
-    rows = test[test["array_index"].isin(train.with_masks(test["array_index"], index))]
-    rows = rows.reset_index(drop=True)
-    if rows.empty:
-        return None, empty, {}
-    model, meta = models.load_model(seg_dir)
-    inputs = segmentation.model_input(images, index, meta)
-    return segmentation.score_test_cases(
-        model, meta, inputs, masks, rows, ev["bootstrap_samples"], ev["ci_level"], seed
-    )
-
-
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow.core import lesions as lesions_mod
-    from radflow.explain import explain
+    from radflow.explain import stage
     from radflow.learning import models
 
     images, masks, index = _load_processed(Path(args.data))
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
-    cfg, seed = params["explain"], params["seed"]
-    cfg = {**cfg, "cam_layer": explain.cam_layer_for(cfg.get("cam_layer", "auto"), meta)}
-    lesions = lesions_mod.lesions_from_index(masks, index)
-    result = explain.explain_cases(model, images, lesions, predictions, meta["classes"], cfg, seed)
-    cases, thumbnails = explain.case_browser(
-        model, images, predictions, meta["classes"], cfg["case_browser_max"]
+    result = stage.explain_model(
+        model, meta, images, masks, index, predictions, params["explain"], params["seed"]
     )
 
     def build(tmp: Path) -> None:
-        for name, png in {**result.overlays, **thumbnails}.items():
+        for name, png in result.pngs.items():
             atomic_write(tmp / name, lambda p, data=png: p.write_bytes(data))
         write_json(tmp / "explanations.json", result.records)
         write_json(tmp / "faithfulness.json", result.faithfulness)
-        write_json(tmp / "cases.json", cases)
+        write_json(tmp / "cases.json", result.cases)
 
     _replace_dir(Path(args.out), build)
     log.info(
@@ -437,7 +365,7 @@ def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow.report import report
+    from radflow.report import pages
 
     out = Path(args.out)
     if args.index:
@@ -453,12 +381,12 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
             "git_revision": provenance.git_revision(),
             "versions": provenance.versions(),
         }
-        atomic_write_text(out, report.render_index(cards, context))
+        atomic_write_text(out, pages.render_index(cards, context))
         log.info("report: index at %s", out.resolve())
         return
     if not (args.modality and args.evaluation and args.explanations and args.models):
         raise ValueError("a modality page needs --modality, --evaluation, --explanations, --models")
-    atomic_write_text(out, report.render_modality_page(_page_context(args, params)))
+    atomic_write_text(out, pages.render_modality_page(_page_context(args, params)))
     log.info("report %s: %s", args.modality, out)
 
 
@@ -528,7 +456,7 @@ def _predict_masks(model_dir: Path, images: Path, out: Path) -> None:
     """One 0/255 mask PNG and one NIfTI per image (same relative path under out), a DICOM
     SEG beside them for DICOM inputs, and masks.csv (area and confidence per image)."""
     from radflow.core import export
-    from radflow.learning import predict, segmentation
+    from radflow.learning import predict
 
     if out.exists() and any(out.iterdir()) and not (out / predict.MASK_TABLE).exists():
         raise ValueError(f"{out} is a folder with other files; give a new or empty folder")
@@ -540,7 +468,7 @@ def _predict_masks(model_dir: Path, images: Path, out: Path) -> None:
             row |= {"nifti": "", "dicom_seg": "", "note": ""}
             if item.mask is not None:
                 base = tmp / item.stem
-                png = segmentation.mask_png(item.mask)
+                png = export.mask_png(item.mask)
                 atomic_write_bytes(base.with_name(base.name + ".png"), png)
                 affine = export.nifti_affine(item.header)
                 nifti = export.nifti_bytes(item.mask, affine)

@@ -16,9 +16,17 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.sr.codedict import codes
 
 from radflow import __version__
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A 0/255 greyscale PNG of a boolean mask."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def nifti_affine(ds: pydicom.Dataset | None) -> np.ndarray:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from radflow.core import imaging, volumes
 from radflow.data.preprocess import prepare_image
-from radflow.evaluation.evaluate import decide
+from radflow.learning.calibration import decide
 from radflow.learning.models import load_model
 from radflow.learning.train import predict_probs
 

@@ -26,11 +26,9 @@ k = 1 the Lite0 encoder takes the ImageNet stem's three channels unchanged.
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +47,11 @@ from monai.transforms import (
     RemoveSmallObjects,
 )
 from monai.utils import convert_to_tensor
-from PIL import Image
 
 from radflow.core import volumes
 from radflow.learning import weights as weights_mod
 from radflow.learning.models import normalise_batch
+from radflow.learning.overlap import mean_dice
 
 ARCHS = ("unet", "flexible_unet_lite0")
 LITE0_BACKBONE = "timm-tf_efficientnet_lite0"
@@ -273,15 +271,6 @@ def predict_masks(
     return postprocess(probs, meta.get("postprocess")), probs
 
 
-def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Dice over images; an image empty in both counts as 1 (validation metric)."""
-    pred = pred.reshape(len(pred), -1).astype(np.float64)
-    truth = truth.reshape(len(truth), -1).astype(np.float64)
-    inter, total = (pred * truth).sum(1), pred.sum(1) + truth.sum(1)
-    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
-    return float(dice.mean()) if len(dice) else float("nan")
-
-
 # -------------------------------------------------------------------- training
 
 
@@ -395,87 +384,3 @@ def restore_geometry(
     big = torch.nn.functional.interpolate(tensor, size=(side, side), mode="bilinear")[0, 0]
     top, left = (side - h) // 2, (side - w) // 2
     return big[top : top + h, left : left + w].numpy() >= threshold
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """A 0/255 greyscale PNG of a boolean mask."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def overlay_png(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, scale: int = 2) -> bytes:
-    """The image in grey with the truth outline in green and the prediction in red (overlap
-    yellow), upscaled for the report."""
-    from skimage.segmentation import find_boundaries
-
-    grey = np.asarray(image, dtype=np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    t_edge = find_boundaries(truth, mode="inner")
-    p_edge = find_boundaries(pred, mode="inner")
-    rgb[t_edge] = [0, 220, 0]
-    rgb[p_edge] = [230, 30, 30]
-    rgb[t_edge & p_edge] = [240, 220, 0]
-    out = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
-    if scale > 1:
-        out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    out.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class Case:
-    rank: str
-    position: int
-    dice: float
-    iou: float
-
-
-def pick_cases(dice: np.ndarray, iou: np.ndarray, lesion: np.ndarray) -> list[Case]:
-    """Best, median and worst lesion-bearing cases by Dice (ties: lower position)."""
-    candidates = np.flatnonzero(lesion)
-    if candidates.size == 0:
-        return []
-    order = candidates[np.lexsort((candidates, -dice[candidates]))]
-    picks = {"best": order[0], "median": order[(len(order) - 1) // 2], "worst": order[-1]}
-    return [Case(k, int(v), float(dice[v]), float(iou[v])) for k, v in picks.items()]
-
-
-def score_test_cases(
-    model: torch.nn.Module,
-    meta: Mapping[str, Any],
-    images: np.ndarray,
-    masks: np.ndarray,
-    rows: pd.DataFrame,
-    n_boot: int,
-    ci_level: float,
-    seed: int,
-) -> tuple[dict[str, Any], pd.DataFrame, dict[str, bytes]]:
-    """Segmentation metrics (per slice and per patient) for the test rows (image_id,
-    patient_key, array_index), the per-image table and overlay PNGs of the best, median and
-    worst lesion cases. `images` is the model input of every array row (model_input)."""
-    from radflow.evaluation import evaluate
-
-    idx = rows["array_index"].to_numpy()
-    pred, _ = predict_masks(model, images[idx], meta)
-    truth = masks[idx] > 0
-    summary, table = evaluate.segmentation_metrics(
-        pred, truth, n_boot, ci_level, seed, patients=rows["patient_key"].to_numpy()
-    )
-    table = table.drop(columns="index")
-    table.insert(0, "patient_key", rows["patient_key"].to_numpy())
-    table.insert(0, "image_id", rows["image_id"].to_numpy())
-    overlays, cases = {}, []
-    dice, iou = table["dice"].to_numpy(), table["iou"].to_numpy()
-    for case in pick_cases(dice, iou, ~table["truth_empty"].to_numpy()):
-        name = f"overlays/{case.rank}.png"
-        i = case.position
-        overlays[name] = overlay_png(centre_slice(images[idx[i]]), truth[i], pred[i])
-        cases.append(
-            {"rank": case.rank, "image_id": str(rows["image_id"][i]), "dice": case.dice,
-             "iou": case.iou, "hd95": evaluate._finite_or_none(table["hd95"][i]), "file": name}
-        )  # fmt: skip
-    summary["cases"] = cases
-    summary["settings"] = {k: meta.get(k) for k in ("arch", "inference", "postprocess")}
-    return summary, table, overlays

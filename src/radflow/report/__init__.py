@@ -1,1 +1,5 @@
-"""Report: self-contained HTML pages from plain data."""
+"""Report: self-contained HTML pages from plain data.
+
+pages (Jinja2; the calls the CLI makes) uses views (contexts and view models), which use
+figures (matplotlib); both format values with formatting.
+"""

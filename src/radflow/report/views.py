@@ -1,13 +1,12 @@
-"""Report stage: one self-contained HTML page per modality and an index page.
+"""View models of the report pages: the contexts the CLI assembles (TypedDicts) and the
+plain dicts of formatted strings and figure data URIs that the templates show.
 
 Pure functions: the CLI reads metrics.json, roc.csv, history.csv, explanations.json (and
 the overlay PNG bytes), meta.json and params, puts them in the context dicts below and
-writes the returned HTML. Figures are drawn here with matplotlib (Agg, no pyplot state)
-and embedded as base64 data URIs; CSS is inline; there are no external links or scripts.
-Jinja2 autoescaping is on for every template, so labels, ids and params from input data
-cannot inject markup.
+writes the HTML that radflow.report.pages returns. Figures (radflow.report.figures) are
+embedded as base64 data URIs; CSS is inline; there are no external links or scripts.
 
-Context for :func:`render_modality_page` (:class:`ModalityContext`)::
+Context for ``pages.render_modality_page`` (:class:`ModalityContext`)::
 
     {
       "modality": "mri",                        # required; [A-Za-z0-9_-]+
@@ -29,7 +28,7 @@ Context for :func:`render_modality_page` (:class:`ModalityContext`)::
       "title": "radflow - MRI",                 # optional
     }
 
-Cards for :func:`render_index` (:class:`IndexCard`): ``{"modality": "mri", "metrics":
+Cards for ``pages.render_index`` (:class:`IndexCard`): ``{"modality": "mri", "metrics":
 metrics.json dict or None}``; each modality gets a classifier card and a segmenter card that
 link into ``{modality}.html`` (relative, the index sits next to the modality pages). Context
 for the index (:class:`IndexContext`): ``{"title", "generated_at", "params_hash",
@@ -44,24 +43,21 @@ the browser test.
 from __future__ import annotations
 
 import base64
-import io
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Required, TypedDict
 
-import numpy as np
 import pandas as pd
 import yaml
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from radflow import __version__
-from radflow.explain.explain import ExplanationRecord
-
-TEMPLATES = Path(__file__).with_name("templates")
+from radflow.evaluation.classification import misclassified
+from radflow.evaluation.subgroups import SUBGROUP_COLUMNS, SUBGROUP_METRICS
+from radflow.explain.stage import ExplanationRecord
+from radflow.learning.calibration import ECE_CONVENTION
+from radflow.report.figures import confusion_png, history_png, pr_png, reliability_png, roc_png
+from radflow.report.formatting import format_ci, format_interval, format_value, operating_label
 
 METRIC_LABELS = {
     "auc": "AUC (ROC)",
@@ -71,6 +67,8 @@ METRIC_LABELS = {
     "specificity": "Specificity",
     "f1": "F1 score",
 }
+
+
 SEGMENTATION_LABELS = {
     "dice": "Dice (all images)",
     "iou": "IoU (all images)",
@@ -80,11 +78,15 @@ SEGMENTATION_LABELS = {
     "fp_rate_empty": "False-positive rate (lesion-free images with any prediction)",
     "fn_rate_lesion": "Missed lesions (lesion images with an empty prediction)",
 }
+
+
 PATIENT_LABELS = {
     "dice": "Dice per patient (slices pooled)",
     "iou": "IoU per patient (slices pooled)",
     "hd95": "HD95 per patient (mean over slices, pixels)",
 }
+
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -95,7 +97,7 @@ class ExplanationItem(ExplanationRecord):
 
 
 class CaseItem(TypedDict):
-    """A row of cases.json (see radflow.cli._case_browser) plus the thumbnail's bytes."""
+    """A row of cases.json (see radflow.explain.stage.case_browser) plus the thumbnail's bytes."""
 
     image_id: str
     label: str
@@ -143,191 +145,21 @@ class IndexContext(TypedDict, total=False):
     versions: dict[str, str]
 
 
-# ----------------------------------------------------------------------- formatting
-
-
-def format_value(value: float | None, digits: int = 3) -> str:
-    """A metric value, or "n/a" for null (undefined)."""
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def format_ci(interval: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """The CI as "[low, high]", or "n/a" when the interval is undefined."""
-    if not interval or interval.get("ci_low") is None or interval.get("ci_high") is None:
-        return "n/a"
-    return f"[{interval['ci_low']:.{digits}f}, {interval['ci_high']:.{digits}f}]"
-
-
-def format_interval(interval: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """Value and CI as "value [low, high]" (index cards); "n/a" when the value is null."""
-    if not interval or interval.get("value") is None:
-        return "n/a"
-    ci = format_ci(interval, digits)
-    value = format_value(interval["value"], digits)
-    return value if ci == "n/a" else f"{value} {ci}"
-
-
-def _safe_name(modality: str) -> str:
+def safe_name(modality: str) -> str:
     """Modality names become file names and links: refuse anything but [A-Za-z0-9_-]."""
     if not _SAFE_NAME.match(str(modality)):
         raise ValueError(f"modality name {modality!r} must match [A-Za-z0-9_-]+")
     return str(modality)
 
 
-def _now() -> str:
+def now() -> str:
+    """The page's timestamp, UTC to the second."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# -------------------------------------------------------------------------- figures
-
-
-def _mpl_text(text: object) -> str:
-    """Matplotlib reads $...$ as mathtext (and fails on a lone $): print it literally."""
-    return str(text).replace("$", r"\$")
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Figure) -> bytes:
-    """PNG bytes without metadata, so identical figures give identical bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def data_uri(png_bytes: bytes) -> str:
     """Embed a PNG in the page itself (no file next to the HTML to lose)."""
     return "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii")
-
-
-def _mark(ax: Any, x: float | None, y: float | None, label: str) -> None:
-    if x is not None and y is not None:
-        ax.plot([x], [y], marker="o", markersize=9, color="tab:red", linestyle="none", label=label)
-
-
-def roc_png(
-    roc_df: pd.DataFrame, auc: float | None, point: Mapping[str, Any] | None = None
-) -> bytes:
-    """ROC curve (fpr vs tpr) with the chance diagonal; AUC in the title when defined.
-
-    ``point`` (metrics.json's operating_point) is marked on the curve.
-    """
-    fig = _figure(4.2, 4.0)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-    if len(roc_df):
-        ax.plot(roc_df["fpr"], roc_df["tpr"], color="tab:blue", linewidth=2, label="model")
-    else:
-        ax.text(0.5, 0.5, "ROC undefined\n(one class only)", ha="center", va="center")
-    if point:
-        _mark(ax, point.get("fpr"), point.get("tpr"), _operating_label(point))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("False positive rate (1 - specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title("ROC" if auc is None else f"ROC (AUC = {auc:.3f})")
-    ax.legend(loc="lower right")
-    return _png(fig)
-
-
-def _operating_label(point: Mapping[str, Any]) -> str:
-    if point.get("rule") == "threshold" and point.get("threshold") is not None:
-        return f"operating point (threshold {point['threshold']:.2f})"
-    return "operating point (argmax)"
-
-
-def pr_png(pr_df: pd.DataFrame, prevalence: float | None, point: Mapping[str, Any] | None) -> bytes:
-    """Precision-recall curve with the no-skill line (prevalence) and the operating point."""
-    fig = _figure(4.2, 4.0)
-    ax = fig.add_subplot()
-    if prevalence is not None:
-        ax.axhline(prevalence, linestyle="--", color="grey", linewidth=1, label="no skill")
-    if len(pr_df):
-        ax.plot(pr_df["recall"], pr_df["precision"], color="tab:blue", linewidth=2, label="model")
-    else:
-        ax.text(0.5, 0.5, "PR curve undefined\n(one class only)", ha="center", va="center")
-    if point:
-        _mark(ax, point.get("recall"), point.get("precision"), _operating_label(point))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("Recall (sensitivity)")
-    ax.set_ylabel("Precision (PPV)")
-    ax.set_title("Precision-recall")
-    ax.legend(loc="lower left")
-    return _png(fig)
-
-
-def reliability_png(calibration: Mapping[str, Any]) -> bytes:
-    """Reliability diagram: observed rate against mean confidence per bin, bin counts below."""
-    fig = _figure(4.2, 4.6)
-    ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
-    bins = [b for b in calibration.get("bins", []) if b.get("count")]
-    if bins:
-        ax.plot(
-            [b["mean_confidence"] for b in bins],
-            [b["observed"] for b in bins],
-            marker="o",
-            color="tab:blue",
-            label="model",
-        )
-    all_bins = calibration.get("bins", [])
-    hist.bar(
-        [(b["low"] + b["high"]) / 2 for b in all_bins],
-        [b["count"] for b in all_bins],
-        width=[(b["high"] - b["low"]) * 0.9 for b in all_bins],
-        color="tab:blue",
-    )
-    ece = calibration.get("ece") or {}
-    ax.set_title("Reliability (ECE " + format_interval(ece) + ")")
-    ax.set_ylabel("Observed rate")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.legend(loc="upper left")
-    hist.set_xlabel(_mpl_text(calibration.get("kind", "confidence")))
-    hist.set_ylabel("cases")
-    return _png(fig)
-
-
-def confusion_png(matrix: Sequence[Sequence[int]] | np.ndarray, labels: Sequence[str]) -> bytes:
-    """Confusion matrix heat map with counts; rows actual, columns predicted."""
-    counts = np.asarray(matrix)
-    fig = _figure(1.6 + 0.9 * len(labels), 1.2 + 0.9 * len(labels))
-    ax = fig.add_subplot()
-    ax.imshow(counts, cmap="Blues", vmin=0)
-    threshold = counts.max() / 2.0 if counts.size else 0
-    for (i, j), count in np.ndenumerate(counts):
-        colour = "white" if count > threshold else "black"
-        ax.text(j, i, str(count), ha="center", va="center", color=colour)
-    ticks = range(len(labels))
-    ax.set_xticks(ticks, [_mpl_text(lab) for lab in labels], rotation=30, ha="right")
-    ax.set_yticks(ticks, [_mpl_text(lab) for lab in labels])
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("Actual")
-    return _png(fig)
-
-
-def history_png(history_df: pd.DataFrame, title: str, metric_label: str = "val metric") -> bytes:
-    """Training curves: train/val loss and the validation metric per epoch (history.csv)."""
-    fig = _figure(8.0, 3.2)
-    loss_ax, metric_ax = fig.subplots(1, 2)
-    epochs = history_df["epoch"]
-    for column, colour in (("train_loss", "tab:blue"), ("val_loss", "tab:orange")):
-        if column in history_df:
-            loss_ax.plot(epochs, history_df[column], marker="o", color=colour, label=column)
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("loss")
-    loss_ax.legend()
-    if "val_metric" in history_df:
-        metric_ax.plot(epochs, history_df["val_metric"], marker="o", color="tab:green")
-    metric_ax.set_xlabel("epoch")
-    metric_ax.set_ylabel(_mpl_text(metric_label))
-    fig.suptitle(_mpl_text(title))
-    return _png(fig)
 
 
 # ------------------------------------------------------------------ view models
@@ -364,7 +196,7 @@ def _hit_text(hit: bool | None) -> str:
     return "n/a" if hit is None else ("hit" if hit else "miss")
 
 
-def _explanation_cards(
+def explanation_cards(
     items: Sequence[Mapping[str, Any]], ranks: Mapping[str, int]
 ) -> list[dict[str, Any]]:
     """Every overlay with its own faithfulness scores, grouped by method in rank order."""
@@ -448,8 +280,6 @@ def _misclassified_rows(
     """Wrong predictions, most confident first, with the case thumbnail where there is one."""
     if predictions is None:
         return None
-    from radflow.evaluation.evaluate import misclassified
-
     thumbs = {str(c["image_id"]): data_uri(c["png"]) for c in cases if c.get("png")}
     table = misclassified(predictions, limit)
     return [
@@ -465,8 +295,6 @@ def _misclassified_rows(
 
 
 def _subgroup_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
-    from radflow.evaluation.evaluate import SUBGROUP_COLUMNS, SUBGROUP_METRICS
-
     sub = metrics.get("subgroups")
     if sub is None:
         return None
@@ -512,8 +340,9 @@ def _confusion_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _modality_view(context: ModalityContext) -> dict[str, Any]:
-    modality = _safe_name(context["modality"])
+def modality_view(context: ModalityContext) -> dict[str, Any]:
+    """Everything modality.html shows, formatted, with the figures drawn and embedded."""
+    modality = safe_name(context["modality"])
     metrics = context["metrics"]
     meta = context.get("meta") or {}
     classification = metrics.get("classification") or {}
@@ -552,11 +381,12 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "bootstrap_samples": metrics.get("bootstrap_samples"),
         "metric_rows": metric_rows,
         "operating_point": point,
-        "operating_text": _operating_label(point) if point else None,
+        "operating_text": operating_label(point) if point else None,
         "roc_uri": data_uri(roc_png(roc, auc, point)) if roc is not None else None,
         "pr_uri": data_uri(pr_png(pr, prevalence, point)) if pr is not None else None,
         "calibration": calibration,
         "calibration_uri": data_uri(reliability_png(calibration)) if calibration else None,
+        "ece_convention": ECE_CONVENTION,
         "confusion": _confusion_view(metrics),
         "subgroups": _subgroup_view(metrics),
         "misclassified": _misclassified_rows(context.get("predictions"), cases),
@@ -569,14 +399,14 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "segmentation_cases": _segmentation_cases(
             metrics.get("segmentation"), context.get("segmentation_overlays") or {}
         ),
-        "segmenter_settings": _segmenter_settings(seg_meta),
+        "segmenter_settings": segmenter_settings(seg_meta),
         "segmenter_reason": seg_meta.get("reason") if seg_meta.get("trained") is False else None,
         "histories": _history_figures(context.get("histories") or {}),
         "faithfulness": _faithfulness_rows(faithfulness),
         "faithfulness_settings": {
             k: (faithfulness or {}).get(k) for k in ("steps", "random_orders", "pointing_tolerance")
         },
-        "explanations": _explanation_cards(context.get("explanations") or [], ranks),
+        "explanations": explanation_cards(context.get("explanations") or [], ranks),
         "params_yaml": yaml.safe_dump(context.get("params") or {}, sort_keys=False),
         "versions": sorted((context.get("versions") or meta.get("versions") or {}).items()),
         "data_hashes": _data_hashes(metrics),
@@ -587,7 +417,7 @@ def _modality_view(context: ModalityContext) -> dict[str, Any]:
         "git_revision": context.get("git_revision") or meta.get("git_revision") or "unknown",
         "arch": meta.get("arch"),
         "best_epoch": meta.get("best_epoch"),
-        "generated_at": context.get("generated_at") or _now(),
+        "generated_at": context.get("generated_at") or now(),
         "radflow_version": __version__,
     }
 
@@ -615,7 +445,7 @@ def _segmentation_cases(
     return out
 
 
-def _segmenter_settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+def segmenter_settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """What the segmenter was and how its masks were made (meta.json)."""
     if not meta.get("trained"):
         return []
@@ -636,9 +466,9 @@ def _segmenter_settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
+def index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
     """A classifier card and a segmenter card for one modality."""
-    modality = _safe_name(card["modality"])
+    modality = safe_name(card["modality"])
     metrics = card.get("metrics") or {}
     classification = metrics.get("classification") or {}
     segmentation = metrics.get("segmentation") or {}
@@ -655,7 +485,7 @@ def _index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
     if calibration:
         classifier_rows.append(("ECE", format_interval(calibration.get("ece"))))
     if point:
-        classifier_rows.append(("Operating point", _operating_label(point)))
+        classifier_rows.append(("Operating point", operating_label(point)))
     if segmentation:
         seg_rows = [
             ("test images", str(segmentation.get("n_images"))),
@@ -696,42 +526,3 @@ def _index_cards_view(card: IndexCard) -> list[dict[str, Any]]:
             "note": seg_note,
         },
     ]
-
-
-# -------------------------------------------------------------------------- render
-
-
-def _environment() -> Environment:
-    """Autoescape on for every template and string; a missing variable is an error."""
-    return Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-def render_modality_page(context: ModalityContext) -> str:
-    """The self-contained HTML report of one modality."""
-    return _environment().get_template("modality.html").render(**_modality_view(context))
-
-
-def render_index(cards: Sequence[IndexCard], context: IndexContext | None = None) -> str:
-    """The index page: a classifier and a segmenter card per modality, with key metrics
-    (with CIs) and links into the modality page."""
-    context = context or {}
-    return (
-        _environment()
-        .get_template("index.html")
-        .render(
-            title=context.get("title") or "radflow reports",
-            generated_at=context.get("generated_at") or _now(),
-            params_hash=context.get("params_hash"),
-            git_revision=context.get("git_revision"),
-            versions=sorted((context.get("versions") or {}).items()),
-            cards=[view for card in cards for view in _index_cards_view(card)],
-            radflow_version=__version__,
-        )
-    )
