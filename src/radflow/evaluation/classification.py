@@ -40,6 +40,8 @@ METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity",
 def validate_classification(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 labels, float64 probs), or a clear error before any metric is computed on
+    misshapen, empty, out-of-range or non-finite input (also used by calibration, subgroups)."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     n_classes = len(classes)
@@ -73,6 +75,7 @@ def _sklearn_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 
 def check_threshold(threshold: float | None) -> None:
+    """Refuse an operating threshold that is not a probability."""
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
 
@@ -80,6 +83,8 @@ def check_threshold(threshold: float | None) -> None:
 def sklearn_point_estimates(
     y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None
 ) -> dict[str, float]:
+    """The metrics on the full sample by scikit-learn: the reference the batched numpy
+    route (:func:`batched_metrics`, used by the bootstrap) is tested against."""
     n_classes = probs.shape[1]
     labels = list(range(n_classes))
     y_pred = decide(probs, threshold)
