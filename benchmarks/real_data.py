@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from radflow.core import params
-    from radflow.learning import models, train
+    from radflow.learning import classifier, models
 
     params.check_overlay_path(args.overlay)  # profiles/<name>.yaml: names params/<name>.yaml
     work = scratch_project(args.overlay, args.set)
@@ -151,11 +151,13 @@ def main() -> None:
                 f"data/processed/{modality}", "--split", str(split_csv), "--out", out)  # fmt: skip
         model, meta = models.load_model(work / out)
         test = table[table["split"] == "test"]
-        probs = train.predict_probs(model, images[test["array_index"].to_numpy()],
-                                    temperature=meta.get("temperature", 1.0),
-                                    tta=meta.get("tta", False))  # fmt: skip
+        probs = classifier.predict_probs(model, images[test["array_index"].to_numpy()],
+                                         temperature=meta.get("temperature", 1.0),
+                                         tta=meta.get("tta", False))  # fmt: skip
         scored.append((test["label"].to_numpy(), probs, meta.get("threshold"), meta["classes"]))
-        fold_auc = train._auc(np.array([meta["classes"].index(v) for v in test["label"]]), probs)
+        fold_auc = classifier.roc_auc(
+            np.array([meta["classes"].index(v) for v in test["label"]]), probs
+        )
         fold_aucs.append(fold_auc)
         print(f"fold {fold}: best epoch {meta.get('best_epoch')}, val AUC "
               f"{meta.get('best_val_metric', float('nan')):.3f}, test AUC {fold_auc:.3f} "

@@ -106,28 +106,28 @@ def seconds_per_epoch(
     import torch
     from monai.losses import DiceCELoss
 
-    from radflow.learning import segmentation, train
+    from radflow.learning import engine, models, pipeline, segmentation
 
     cfg = train_params["segmenter"]
-    train.seed_everything(seed)
-    model, _ = segmentation.build_segmenter(cfg, pretrained=True)
-    transform = train.augmentations(train_params.get("augment", {}), with_mask=True)
+    engine.seed_everything(seed)
+    model, _ = models.build_segmenter(cfg, pretrained=True)
+    transform = pipeline.augmentations(train_params.get("augment", {}), with_mask=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
     criterion = DiceCELoss(sigmoid=True, batch=True)
     order = segmentation.epoch_indices(train_idx, masks, float(cfg.get("tumour_oversample", 1)))
-    x, m = torch.from_numpy(images), torch.from_numpy(masks)
-    rng = np.random.default_rng(seed)
     crop = segmentation.patch_sampler(cfg, images.shape[-1], seed)
+    dataset = pipeline.ArrayDataset(images, order, transform, masks=masks, crop=crop)
+    rng = np.random.default_rng(seed)
     model.train()
     times = []
     for i in range(steps + 1):
-        batch = rng.choice(order, cfg["batch_size"], replace=False)
+        batch = rng.choice(len(order), cfg["batch_size"], replace=False)
         start = time.perf_counter()
-        x01, mm = train._augment_batch(x[batch], m[batch], transform)
-        if crop is not None:
-            x01, mm = crop(x01, mm)
+        items = [dataset[int(j)] for j in batch]
+        x01 = torch.stack([item["image"] for item in items])
+        mm = torch.stack([item["mask"] for item in items])
         optimizer.zero_grad()
-        criterion(model(train._to_model(x01)), mm).backward()
+        criterion(model(pipeline.to_model(x01)), mm).backward()
         optimizer.step()
         if i:
             times.append(time.perf_counter() - start)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from radflow.core import params as params_mod
     from radflow.evaluation.segmentation import segmentation_metrics
-    from radflow.learning import segmentation
+    from radflow.learning import models, segmentation
 
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)  # the overlay's ../shared paths are relative to the project root
@@ -253,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     kept, seconds = [], []
     for k, (train_idx, val_idx, held_idx) in enumerate(triples):
         result, origin = segmentation.train_segmenter(
-            images, masks, train_idx, val_idx, params["train"], seed
-        )
-        model, _ = segmentation.build_segmenter(cfg, pretrained=False)
+            images, masks, train_idx, val_idx, params["train"], seed,
+            num_workers=params["train"]["num_workers"],
+        )  # fmt: skip
+        model, _ = models.build_segmenter(cfg, pretrained=False)
         model.load_state_dict(result.state)
         pred[held_idx], probs[held_idx] = segmentation.predict_masks(
             model, images[held_idx], stored

@@ -91,7 +91,6 @@ def test_imports_only_point_down_the_layers() -> None:
     assert not upward, "imports that do not point down a layer:\n" + "\n".join(upward)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: learning imports evaluation and train's privates")
 def test_no_module_imports_another_modules_private_names() -> None:
     private = [
         f"{imp.source}:{imp.line} takes {name} from {imp.target}"
@@ -127,7 +126,6 @@ def attribute_uses_of_private_names() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: learning imports evaluation and train's privates")
 def test_the_modules_import_each_other_without_a_circle() -> None:
     graph: dict[str, set[str]] = {name: set() for name in modules()}
     for imp in all_imports():

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,7 +7,7 @@ import timm
 import torch
 from conftest import write_png
 
-from radflow.learning import models, predict, train, weights
+from radflow.learning import classifier, engine, models, pipeline, predict, weights
 
 TRAIN = {
     "device": "cpu",
@@ -73,25 +75,39 @@ def test_packaged_weights_are_refused_for_another_backbone():
 
 
 def test_best_checkpoint_is_a_copy_not_the_live_model():
+    """The kept epoch (1 here: the validation metric falls after it) must not move while the
+    live model trains on for two more epochs, nor share its storage."""
     images, _, labels = _squares()
-    result, _ = train.train_classifier(
-        images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, seed=0
-    )
-    snapshot = {k: v.clone() for k, v in result.state.items()}
-    model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
-    model.load_state_dict(result.state)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    assert all(torch.equal(snapshot[k], result.state[k]) for k in snapshot)
-    assert list(result.history["epoch"]) == [1, 2]
-    assert 1 <= result.best_epoch <= 2
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 2))
+    dataset = pipeline.ArrayDataset(images, np.arange(16), labels=labels)
+    criterion = torch.nn.CrossEntropyLoss()
+    after_epoch = []
+
+    def step(batch):
+        return criterion(model(batch["image"]), batch["label"])
+
+    def validate():
+        after_epoch.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return 0.0, 1.0 / len(after_epoch)
+
+    cfg = {"lr": 0.1, "batch_size": 8, "epochs": 3}
+    result = engine.fit(model, dataset, step, validate, cfg, torch.device("cpu"), seed=0)
+    assert result.best_epoch == 1 and list(result.history["epoch"]) == [1, 2, 3]
+    live = model.state_dict()
+    for name, kept in result.state.items():
+        assert torch.equal(kept, after_epoch[0][name]), f"kept {name} moved after epoch 1"
+        assert kept.untyped_storage().data_ptr() != live[name].untyped_storage().data_ptr()
+    assert not all(torch.equal(result.state[k], live[k]) for k in live)  # training went on
 
 
 def test_training_is_deterministic_on_cpu_for_a_seed():
     images, _, labels = _squares()
-    a, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3)
-    b, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3)
+    a, _ = classifier.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3
+    )
+    b, _ = classifier.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, 3
+    )
     pd.testing.assert_frame_equal(
         a.history.drop(columns="seconds"), b.history.drop(columns="seconds")
     )
@@ -99,7 +115,7 @@ def test_training_is_deterministic_on_cpu_for_a_seed():
 
 def test_saved_model_reloads_and_predicts_a_folder(tmp_path):
     images, _, labels = _squares()
-    result, origin = train.train_classifier(
+    result, origin = classifier.train_classifier(
         images, labels, np.arange(16), np.arange(16, 24), 2, TRAIN, seed=0
     )
     meta = {
@@ -124,34 +140,45 @@ def test_saved_model_reloads_and_predicts_a_folder(tmp_path):
     np.testing.assert_allclose(table[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_training_resumes_from_the_last_checkpoint_after_an_interruption(tmp_path, monkeypatch):
+def test_training_resumes_from_the_last_checkpoint_after_an_interruption(
+    tmp_path, monkeypatch, caplog
+):
     images, _, labels = _squares()
     cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 3}}
     checkpoint = tmp_path / "ckpt.pt"
-    real_save = train._save_checkpoint
+    real_save = engine.save_checkpoint
 
-    def save_then_die(path, model, optimizer, scheduler, rng, state):
-        real_save(path, model, optimizer, scheduler, rng, state)
+    def save_then_die(path, model, optimizer, scheduler, loader, state):
+        real_save(path, model, optimizer, scheduler, loader, state)
         if state["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0,
-                               checkpoint)  # fmt: skip
-    first_two = torch.load(checkpoint, weights_only=False)["state"]["rows"]
-    monkeypatch.setattr(train, "_save_checkpoint", real_save)
-    result, _ = train.train_classifier(
-        images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0, checkpoint
+        classifier.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0,
+                                    checkpoint)  # fmt: skip
+    first_two = pd.DataFrame(torch.load(checkpoint, weights_only=False)["state"]["rows"])
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="radflow.learning.engine"):
+        result, _ = classifier.train_classifier(
+            images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0, checkpoint
+        )
+    trained = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [m.split(":")[0] for m in trained] == ["epoch 3/3"], "epochs trained on resume"
+    pd.testing.assert_frame_equal(result.history.iloc[:2], first_two)  # seconds too: not rerun
+    # and the resumed run is the run that was never interrupted
+    whole, _ = classifier.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
+                                           cfg, 0)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        result.history.drop(columns="seconds"), whole.history.drop(columns="seconds")
     )
-    assert list(result.history["epoch"]) == [1, 2, 3]
-    assert result.history["train_loss"].iloc[:2].tolist() == [r["train_loss"] for r in first_two]
 
 
 def test_early_stopping_ends_training_after_patience_epochs_without_gain():
     images, _, labels = _squares()
     cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 30, "patience": 2}}
-    result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
+    result, _ = classifier.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2,
                                        cfg, 0)  # fmt: skip
     assert len(result.history) < 30
     assert len(result.history) - result.best_epoch == 2
@@ -159,7 +186,7 @@ def test_early_stopping_ends_training_after_patience_epochs_without_gain():
 
 def test_backbone_learns_slower_than_the_new_head():
     model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
-    groups = train._param_groups(model, 1e-3, 0.1)
+    groups = engine.param_groups(model, 1e-3, 0.1)
     assert [g["lr"] for g in groups] == [1e-4, 1e-3]
     head = {id(p) for p in model.get_classifier().parameters()}
     assert {id(p) for p in groups[1]["params"]} == head
@@ -170,7 +197,7 @@ def test_decision_fits_temperature_and_threshold_on_validation():
     labels = rng.integers(0, 2, 200)
     signal = (labels * 2 - 1) + rng.normal(0, 1, 200)
     logits = np.stack([-signal, signal], axis=1) * 5
-    out = train.decide(logits, labels, {"threshold": "youden"})
+    out = classifier.decide(logits, labels, {"threshold": "youden"})
     assert out["temperature"] > 1 and out["val_ece"] < out["val_ece_uncalibrated"]
     assert 0 < out["threshold"] < 1 and out["threshold_policy"] == "youden"
 
@@ -179,21 +206,21 @@ def test_a_checkpoint_from_other_data_is_not_resumed(tmp_path, monkeypatch):
     images, _, labels = _squares()
     cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 2}}
     checkpoint = tmp_path / "ckpt.pt"
-    real_save = train._save_checkpoint
+    real_save = engine.save_checkpoint
 
-    def save_then_die(path, model, optimizer, scheduler, rng, state):
-        real_save(path, model, optimizer, scheduler, rng, state)
+    def save_then_die(path, model, optimizer, scheduler, loader, state):
+        real_save(path, model, optimizer, scheduler, loader, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0,
+        classifier.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0,
                                checkpoint)  # fmt: skip
     old_first = torch.load(checkpoint, weights_only=False)["state"]["rows"][0]["train_loss"]
-    monkeypatch.setattr(train, "_save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     other = images.copy()
     other[:, :4, :4] = 255
-    result, _ = train.train_classifier(other, labels, np.arange(16), np.arange(16, 24), 2, cfg,
+    result, _ = classifier.train_classifier(other, labels, np.arange(16), np.arange(16, 24), 2, cfg,
                                        0, checkpoint)  # fmt: skip
     assert list(result.history["epoch"]) == [1, 2]
     assert result.history["train_loss"].iloc[0] != old_first  # epoch 1 was trained anew
@@ -240,7 +267,9 @@ def test_outside_lesion_fraction_counts_class_evidence_outside_the_lesion_only()
     targets = torch.ones(3, dtype=torch.long)
 
     def outside(rows: slice) -> float:
-        fraction = train.outside_lesion_fraction(features[rows], head, targets[rows], masks[rows])
+        fraction = classifier.outside_lesion_fraction(
+            features[rows], head, targets[rows], masks[rows]
+        )
         return float(fraction)
 
     assert outside(slice(0, 1)) == pytest.approx(0.0)
@@ -257,7 +286,7 @@ def test_lesion_attention_moves_class_evidence_onto_the_lesion():
 
     def outside_after_training(weight: float) -> float:
         cfg["classifier"]["lesion_attention"] = weight
-        result, _ = train.train_classifier(
+        result, _ = classifier.train_classifier(
             images, labels, np.arange(24), np.arange(24, 32), 2, cfg, 0, None, lesions
         )
         model, _ = models.build_classifier("tf_efficientnet_lite0", None, 2)
@@ -268,7 +297,7 @@ def test_lesion_attention_moves_class_evidence_onto_the_lesion():
                 models.normalise_batch(torch.from_numpy(images[positives]))
             )
             return float(
-                train.outside_lesion_fraction(
+                classifier.outside_lesion_fraction(
                     features,
                     model.get_classifier(),
                     torch.ones(len(positives), dtype=torch.long),
@@ -284,7 +313,7 @@ def test_lesion_attention_without_any_lesion_is_a_clear_error():
     images, _, labels = _squares()
     cfg = {**TRAIN, "classifier": {**TRAIN["classifier"], "lesion_attention": 1.0}}
     with pytest.raises(ValueError, match="lesion_attention"):
-        train.train_classifier(
+        classifier.train_classifier(
             images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0, None,
             np.zeros_like(images),
         )  # fmt: skip
@@ -317,7 +346,9 @@ def test_output_stride_16_doubles_the_feature_map_keeps_the_weights_and_reloads(
 def test_keep_last_returns_the_final_epoch_whatever_the_validation_says():
     images, _, labels = _squares()
     cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 3, "keep": "last"}}
-    result, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
+    result, _ = classifier.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0
+    )
     assert result.best_epoch == 3
     assert result.best_metric == result.history["val_metric"].iloc[-1]
 
@@ -330,8 +361,12 @@ def test_output_stride_on_a_backbone_that_cannot_dilate_is_a_clear_error():
 def test_early_stopping_still_counts_from_the_best_epoch_when_the_last_is_kept():
     images, _, labels = _squares()
     cfg = TRAIN | {"classifier": TRAIN["classifier"] | {"epochs": 30, "patience": 2}}
-    best, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
+    best, _ = classifier.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0
+    )
     cfg["classifier"] = cfg["classifier"] | {"keep": "last"}
-    last, _ = train.train_classifier(images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0)
+    last, _ = classifier.train_classifier(
+        images, labels, np.arange(16), np.arange(16, 24), 2, cfg, 0
+    )
     assert len(last.history) == len(best.history) < 30
     assert last.best_epoch == len(last.history)

@@ -22,7 +22,7 @@ from radflow.data import sources
 from radflow.data.preprocess import to_square
 from radflow.evaluation import segmentation as evseg
 from radflow.evaluation.render import mask_overlay_png
-from radflow.learning import models, overlap, predict, segmentation, weights
+from radflow.learning import models, overlap, pipeline, predict, segmentation, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LGG = ROOT.parent / "shared" / "datasets" / "mri-lgg-segmentation"
@@ -59,7 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_flexible_unet_lite0_encoder_starts_from_the_packaged_imagenet_weights():
-    model, origin = segmentation.build_segmenter({"arch": "flexible_unet_lite0"})
+    model, origin = models.build_segmenter({"arch": "flexible_unet_lite0"})
     classifier, _ = models.build_classifier("tf_efficientnet_lite0", "packaged", 2)
     ours, theirs = model.encoder.model.state_dict(), classifier.state_dict()
     shared = [k for k in ours if k in theirs]
@@ -74,17 +74,17 @@ def test_flexible_unet_lite0_encoder_starts_from_the_packaged_imagenet_weights()
 def test_lite0_encoder_with_a_missing_weights_file_is_an_error_not_random_weights(tmp_path):
     cfg = {"arch": "flexible_unet_lite0", "encoder_weights": str(tmp_path / "none.pth")}
     with pytest.raises(weights.WeightsError, match="never falls back"):
-        segmentation.build_segmenter(cfg)
+        models.build_segmenter(cfg)
 
 
 def test_unknown_architecture_names_the_params_key():
     with pytest.raises(ValueError, match="train.segmenter.arch"):
-        segmentation.build_segmenter({"arch": "vnet"})
+        models.build_segmenter({"arch": "vnet"})
 
 
 def test_saved_lite0_segmenter_reloads_without_pretrained_weights(tmp_path):
     cfg = {"arch": "flexible_unet_lite0", "decoder_channels": [32, 16, 8, 8, 8]}
-    model, _ = segmentation.build_segmenter(cfg)
+    model, _ = models.build_segmenter(cfg)
     meta = {"task": "segmenter", "trained": True, **segmentation.settings(cfg)}
     models.save_model(tmp_path, model.state_dict(), meta, pd.DataFrame())
     loaded, _ = models.load_model(tmp_path)
@@ -111,11 +111,10 @@ def test_segmenter_outlines_the_squares(trained):
 def test_patch_training_runs_on_lesion_centred_patches():
     images, masks = _squares(n=16, size=48)
     crop = segmentation.patch_sampler({"patch_size": 24, "patch_lesion_fraction": 1.0}, 48, 0)
-    x = torch.from_numpy(images[1::2, None]).float()
-    m = torch.from_numpy(masks[1::2, None]).float()
-    patches, patch_masks = crop(x, m)
-    assert patches.shape == (8, 1, 24, 24) and patch_masks.shape == (8, 1, 24, 24)
-    assert all(pm.any() for pm in patch_masks)  # every patch centred on the lesion
+    lesion = pipeline.ArrayDataset(images, np.arange(1, 16, 2), masks=masks, crop=crop)
+    items = [lesion[i] for i in range(len(lesion))]
+    assert all(it["image"].shape == it["mask"].shape == (1, 24, 24) for it in items)
+    assert all(it["mask"].any() for it in items)  # every patch centred on the lesion
     assert segmentation.patch_sampler({"patch_size": 0}, 48, 0) is None
     cfg = TRAIN | {"segmenter": TRAIN["segmenter"] | {"epochs": 1, "patch_size": 24}}
     result, _ = segmentation.train_segmenter(
@@ -140,13 +139,13 @@ def test_sliding_window_inference_covers_the_whole_image(trained):
     model, meta = models.load_model(trained)
     images, _ = _squares(n=2, size=48)
     window = {"mode": "sliding_window", "roi_size": 32, "overlap": 0.5}
-    probs = segmentation.predict_probs(model, images, window)
+    probs = segmentation.predict_mask_probs(model, images, window)
     assert probs.shape == (2, 48, 48) and np.isfinite(probs).all()
-    mirrored = segmentation.predict_probs(model, images[:, :, ::-1].copy(), {"flip_tta": True})
-    plain = segmentation.predict_probs(model, images, {"flip_tta": True})
+    mirrored = segmentation.predict_mask_probs(model, images[:, :, ::-1].copy(), {"flip_tta": True})
+    plain = segmentation.predict_mask_probs(model, images, {"flip_tta": True})
     np.testing.assert_allclose(mirrored, plain[:, :, ::-1], atol=1e-5)  # symmetric by design
     with pytest.raises(ValueError, match="sliding_window"):
-        segmentation.predict_probs(model, images, {"mode": "tiles"})
+        segmentation.predict_mask_probs(model, images, {"mode": "tiles"})
 
 
 def test_postprocess_removes_small_components_then_keeps_the_largest():

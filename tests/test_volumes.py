@@ -102,7 +102,7 @@ def test_the_csv_slice_column_reaches_the_manifest_and_must_be_numeric(tmp_path)
 
 def test_the_lite0_encoder_takes_three_slices_on_the_unchanged_imagenet_stem():
     cfg = {"arch": "flexible_unet_lite0", "context_slices": 1}
-    model, _ = segmentation.build_segmenter(cfg)
+    model, _ = models.build_segmenter(cfg)
     classifier = torch.load(
         weights.resolve(weights.PACKAGED_ARCH, weights.PACKAGED)[0], weights_only=True
     )

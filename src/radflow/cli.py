@@ -198,8 +198,7 @@ def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow.core import provenance
-    from radflow.learning import models, train
+    from radflow.learning import models
 
     if params["train"].get("num_threads"):
         import torch
@@ -207,85 +206,27 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
         torch.set_num_threads(params["train"]["num_threads"])
     images, masks, index = _load_processed(Path(args.data))
     split = _read_split(Path(args.split))
-    train_idx = split.loc[split["split"] == "train", "array_index"].to_numpy()
-    val_idx = split.loc[split["split"] == "val", "array_index"].to_numpy()
-    meta: dict[str, Any] = {
-        "task": args.task,
-        "modality": args.modality,
-        "image_size": params["preprocess"]["image_size"],
-        "preprocess": params["preprocess"],
-        "in_chans": 1,
-        "mean": models.MEAN,
-        "std": models.STD,
-        "params_hash": params_mod.params_hash(params),
-        "versions": provenance.versions(),
-        "n_train": int(len(train_idx)),
-        "n_val": int(len(val_idx)),
-    }
     out = Path(args.out)
     # Survives an interruption beside the output; removed once the model is written.
     checkpoint = out.parent / f".{out.name}.checkpoint.pt"
     if args.task == "classifier":
-        classes = params_mod.classes_for(params, args.modality, list(index["label"]))
-        lookup = {c: i for i, c in enumerate(classes)}
-        labels = np.array([lookup[lab] for lab in index["label"]])
-        cfg = params["train"]["classifier"]
-        lesions = None
-        if cfg.get("lesion_attention", 0):
-            from radflow.core import lesions as lesions_mod
-
-            lesions = lesions_mod.lesion_maps(masks, index)
-        result, origin = train.train_classifier(
-            images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
-            checkpoint, lesions,
-        )  # fmt: skip
-        stride = cfg.get("output_stride", 32)
-        best, _ = models.build_classifier(cfg["backbone"], None, len(classes), output_stride=stride)
-        best.load_state_dict(result.state)
-        decision = params["train"].get("decision", {})
-        val_logits = train.predict_logits(best, images[val_idx], tta=decision.get("tta", False))
-        meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
-        meta |= {"lesion_attention": float(cfg.get("lesion_attention", 0.0))}
-        meta |= {"output_stride": stride}
-        meta |= train.decide(val_logits, labels[val_idx], decision)
+        from radflow.learning import classifier as task
     else:
-        train_idx = train.with_masks(train_idx, index)
-        val_idx = train.with_masks(val_idx, index)
-        if len(train_idx) == 0 or len(val_idx) == 0:
-            reason = f"no lesion masks for {args.modality} in the train and val sets"
-            log.warning(
-                "train segmenter %s: %s; writing an untrained marker", args.modality, reason
-            )
-            _replace_dir(
-                out,
-                lambda tmp: write_json(
-                    tmp / "meta.json", meta | {"trained": False, "reason": reason}
-                ),
-            )
-            return
-        from radflow.learning import segmentation
-
-        seg_cfg = params["train"]["segmenter"]
-        inputs = segmentation.model_input(images, index, seg_cfg)
-        result, origin = segmentation.train_segmenter(
-            inputs, masks, train_idx, val_idx, params["train"], params["seed"], checkpoint
-        )
-        meta |= segmentation.settings(seg_cfg)
-        meta |= {"weights_origin": origin, "in_chans": segmentation.in_channels(seg_cfg)}
-    meta |= {
-        "trained": True,
-        "device": result.device,
-        "best_epoch": result.best_epoch,
-        "best_val_metric": result.best_metric,
-    }
-    _replace_dir(out, lambda tmp: models.save_model(tmp, result.state, meta, result.history))
+        from radflow.learning import segmentation as task
+    trained = task.train_stage(images, masks, index, split, params, args.modality, checkpoint)
+    if trained.state is None:  # nothing to learn from: an untrained marker
+        _replace_dir(out, lambda tmp: write_json(tmp / "meta.json", trained.meta))
+        return
+    _replace_dir(
+        out, lambda tmp: models.save_model(tmp, trained.state, trained.meta, trained.history)
+    )
     checkpoint.unlink(missing_ok=True)
     log.info(
         "train %s %s: best epoch %d, val metric %.3f",
         args.modality,
         args.task,
-        result.best_epoch,
-        result.best_metric,
+        trained.meta["best_epoch"],
+        trained.meta["best_val_metric"],
     )
 
 

@@ -12,7 +12,9 @@ rule train_classifier:
         model=directory("models/{modality}/classifier"),
     params:
         data=parent_dir("input", "index"),
-        settings=params_at("seed", "data.classes", "train.classifier", "train.augment"),
+        settings=params_at(
+            "seed", "data.classes", "train.classifier", "train.augment", "train.num_workers"
+        ),
     log:
         "logs/train/{modality}_classifier.log",
     threads: TORCH_THREADS
@@ -31,7 +33,7 @@ rule train_segmenter:
         model=directory("models/{modality}/segmenter"),
     params:
         data=parent_dir("input", "index"),
-        settings=params_at("seed", "train.segmenter", "train.augment"),
+        settings=params_at("seed", "train.segmenter", "train.augment", "train.num_workers"),
     log:
         "logs/train/{modality}_segmenter.log",
     threads: TORCH_THREADS

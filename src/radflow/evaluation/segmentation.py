@@ -38,8 +38,7 @@ from radflow.evaluation.bootstrap import (
 )
 from radflow.evaluation.render import mask_overlay_png
 from radflow.learning.overlap import dice_per_image, iou_per_image
-from radflow.learning.segmentation import centre_slice, model_input, predict_masks
-from radflow.learning.train import with_masks
+from radflow.learning.segmentation import centre_slice, model_input, predict_masks, with_masks
 
 
 def _as_binary_masks(masks: np.ndarray, what: str) -> np.ndarray:

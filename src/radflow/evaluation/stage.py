@@ -21,7 +21,7 @@ from radflow.evaluation.reliability import calibration
 from radflow.evaluation.segmentation import evaluate_segmenter
 from radflow.evaluation.subgroups import subgroup_metrics
 from radflow.learning.calibration import decide
-from radflow.learning.train import predict_probs
+from radflow.learning.classifier import predict_probs
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""Model builders and the on-disk model directory (model.pt + meta.json + history.csv)."""
+"""The model registry: one builder for classifiers (timm backbones), one for segmenters (the
+architectures of radflow.learning.networks), and the on-disk model directory (model.pt +
+meta.json + history.csv)."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import timm
 import torch
 
 from radflow.core.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from radflow.learning import networks
 from radflow.learning import weights as weights_mod
 
 MEAN = 0.5  # tf_efficientnet_lite0 normalisation: (x - 0.5) / 0.5
@@ -88,16 +92,24 @@ def linear_head(model: torch.nn.Module) -> torch.nn.Linear:
     return head
 
 
-def build_segmenter(cfg: dict[str, Any] | list[int]) -> torch.nn.Module:
-    """The segmenter architecture from train.segmenter (or meta.json), untrained; a list is
-    the channels of the plain U-Net. radflow.segmentation builds it (and the weights)."""
-    from radflow.learning import segmentation
+def build_segmenter(
+    cfg: Mapping[str, Any] | list[int], pretrained: bool = True
+) -> tuple[torch.nn.Module, str]:
+    """The segmenter named by cfg["arch"] (train.segmenter or meta.json; default unet) and
+    where its weights came from; a list is the channels of the plain U-Net.
 
+    pretrained=False builds the architecture only (to load a trained state dict into).
+    """
     if isinstance(cfg, list):
         cfg = {"arch": "unet", "channels": cfg}
     elif cfg.get("arch") == "monai.UNet":  # meta.json of models trained before the registry
         cfg = {**cfg, "arch": "unet"}
-    return segmentation.build_segmenter(cfg, pretrained=False)[0]
+    arch = cfg.get("arch", "unet")
+    if arch not in networks.SEGMENTERS:
+        raise ValueError(
+            f"train.segmenter.arch {arch!r} is not one of {', '.join(networks.SEGMENTERS)}"
+        )
+    return networks.SEGMENTERS[arch](cfg, pretrained)
 
 
 def save_model(
@@ -123,7 +135,7 @@ def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         stride = meta.get("output_stride", 32)
         model, _ = build_classifier(meta["arch"], None, len(meta["classes"]), output_stride=stride)
     else:
-        model = build_segmenter(meta)
+        model, _ = build_segmenter(meta, pretrained=False)
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return fast_layout(model).eval(), meta

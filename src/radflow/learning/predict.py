@@ -15,8 +15,8 @@ import pandas as pd
 from radflow.core import imaging, volumes
 from radflow.data.preprocess import prepare_image
 from radflow.learning.calibration import decide
+from radflow.learning.classifier import predict_probs
 from radflow.learning.models import load_model
-from radflow.learning.train import predict_probs
 
 
 def image_files(root: Path) -> list[Path]:

