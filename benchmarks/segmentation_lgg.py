@@ -111,7 +111,7 @@ def seconds_per_epoch(
     cfg = train_params["segmenter"]
     engine.seed_everything(seed)
     model, _ = models.build_segmenter(cfg, pretrained=True)
-    transform = pipeline.augmentations(train_params.get("augment", {}), with_mask=True)
+    transform = pipeline.augmentations(train_params["augment"], with_mask=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
     criterion = DiceCELoss(sigmoid=True, batch=True)
     order = segmentation.epoch_indices(train_idx, masks, float(cfg.get("tumour_oversample", 1)))

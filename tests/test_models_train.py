@@ -5,28 +5,35 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import write_png
+from conftest import filled, write_png
 
 from radflow.learning import classifier, engine, models, pipeline, predict, weights
 
-TRAIN = {
-    "device": "cpu",
-    "classifier": {
-        "backbone": "tf_efficientnet_lite0",
-        "weights": "packaged",
-        "epochs": 2,
-        "batch_size": 8,
-        "lr": 1e-3,
+NO_AUGMENT = {
+    "flip_prob": 0.0, "rotate_degrees": 0, "zoom": [1.0, 1.0], "noise_std": 0.0,
+    "contrast_gamma": [1.0, 1.0],
+}  # fmt: skip
+TRAIN = filled(
+    "train",
+    {
+        "device": "cpu",
+        "classifier": {
+            "backbone": "tf_efficientnet_lite0",
+            "weights": "packaged",
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 1e-3,
+        },
+        "segmenter": {"epochs": 2, "batch_size": 4, "lr": 2e-3, "channels": [4, 8, 16]},
+        "augment": {
+            "flip_prob": 0.5,
+            "rotate_degrees": 10,
+            "zoom": [0.9, 1.1],
+            "noise_std": 0.02,
+            "contrast_gamma": [0.8, 1.2],
+        },
     },
-    "segmenter": {"epochs": 2, "batch_size": 4, "lr": 2e-3, "channels": [4, 8, 16]},
-    "augment": {
-        "flip_prob": 0.5,
-        "rotate_degrees": 10,
-        "zoom": [0.9, 1.1],
-        "noise_std": 0.02,
-        "contrast_gamma": [0.8, 1.2],
-    },
-}
+)
 
 
 def _squares(n=24, size=32, seed=0):
@@ -90,7 +97,7 @@ def test_best_checkpoint_is_a_copy_not_the_live_model():
         after_epoch.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return 0.0, 1.0 / len(after_epoch)
 
-    cfg = {"lr": 0.1, "batch_size": 8, "epochs": 3}
+    cfg = filled("train", {"classifier": {"lr": 0.1, "batch_size": 8, "epochs": 3}})["classifier"]
     result = engine.fit(model, dataset, step, validate, cfg, torch.device("cpu"), seed=0)
     assert result.best_epoch == 1 and list(result.history["epoch"]) == [1, 2, 3]
     live = model.state_dict()
@@ -197,7 +204,7 @@ def test_decision_fits_temperature_and_threshold_on_validation():
     labels = rng.integers(0, 2, 200)
     signal = (labels * 2 - 1) + rng.normal(0, 1, 200)
     logits = np.stack([-signal, signal], axis=1) * 5
-    out = classifier.decide(logits, labels, {"threshold": "youden"})
+    out = classifier.decide(logits, labels, filled("train", {})["decision"])
     assert out["temperature"] > 1 and out["val_ece"] < out["val_ece_uncalibrated"]
     assert 0 < out["threshold"] < 1 and out["threshold_policy"] == "youden"
 
@@ -280,7 +287,7 @@ def test_outside_lesion_fraction_counts_class_evidence_outside_the_lesion_only()
 
 def test_lesion_attention_moves_class_evidence_onto_the_lesion():
     images, lesions, labels = _confounded()
-    cfg = {**TRAIN, "augment": {}}
+    cfg = {**TRAIN, "augment": NO_AUGMENT}
     cfg["classifier"] = {**TRAIN["classifier"], "epochs": 8, "lr": 3e-3}
     positives = np.flatnonzero(labels)
 

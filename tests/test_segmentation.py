@@ -27,13 +27,13 @@ from radflow.learning import models, overlap, pipeline, predict, segmentation, w
 ROOT = Path(__file__).resolve().parents[1]
 LGG = ROOT.parent / "shared" / "datasets" / "mri-lgg-segmentation"
 
-TRAIN = {
+TRAIN = filled("train", {
     "device": "cpu",
     "segmenter": {"arch": "unet", "epochs": 10, "batch_size": 4, "lr": 1e-2,
                   "channels": [4, 8, 16]},
     "augment": {"flip_prob": 0.5, "rotate_degrees": 10, "zoom": [0.9, 1.1], "noise_std": 0.02,
                 "contrast_gamma": [0.8, 1.2]},
-}  # fmt: skip
+})  # fmt: skip
 
 
 def _squares(n: int = 32, size: int = 32, seed: int = 0):

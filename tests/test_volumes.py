@@ -17,13 +17,13 @@ from radflow.data import ingest, sources
 from radflow.learning import models, overlap, predict, segmentation, weights
 from radflow.report import views
 
-TRAIN = {
+TRAIN = filled("train", {
     "device": "cpu",
     "segmenter": {"arch": "unet", "epochs": 30, "batch_size": 8, "lr": 1e-2,
                   "channels": [8, 16, 32], "context_slices": 1},
     "augment": {"flip_prob": 0.0, "rotate_degrees": 0, "zoom": [1.0, 1.0], "noise_std": 0.0,
                 "contrast_gamma": [1.0, 1.0]},
-}  # fmt: skip
+})  # fmt: skip
 
 
 def _index(patients: list[str], positions: list[str], series: list[str] | None = None):

@@ -200,7 +200,7 @@ def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.learning import models
 
-    if params["train"].get("num_threads"):
+    if params["train"]["num_threads"]:
         import torch
 
         torch.set_num_threads(params["train"]["num_threads"])

@@ -126,7 +126,7 @@ def explain_cases(
     for method in cfg["methods"]:
         maps = explain(
             model, x, targets, method, seed,
-            num_samples=cfg["num_samples"], cam_layer=cfg.get("cam_layer", "auto"),
+            num_samples=cfg["num_samples"], cam_layer=cfg["cam_layer"],
         )  # fmt: skip
         for j, row in enumerate(sample.itertuples(index=False)):
             prob = float(getattr(row, f"prob_{row.pred_label}"))
@@ -223,7 +223,7 @@ def explain_model(
     arrays' masks and index.csv, from which the lesions of localisation scoring come;
     ``predictions`` is the evaluate stage's predictions.csv.
     """
-    cfg = {**cfg, "cam_layer": cam_layer_for(cfg.get("cam_layer", "auto"), dict(meta))}
+    cfg = {**cfg, "cam_layer": cam_layer_for(cfg["cam_layer"], dict(meta))}
     classes = list(meta["classes"])
     lesions = lesions_from_index(masks, index)
     result = explain_cases(model, images, lesions, predictions, classes, cfg, seed)

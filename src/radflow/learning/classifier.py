@@ -66,19 +66,19 @@ def train_classifier(
     num_workers: DataLoader worker processes (train.num_workers; 0 = the main process)."""
     engine.seed_everything(seed)
     cfg = train_params["classifier"]
-    attention = float(cfg.get("lesion_attention", 0.0))
+    attention = float(cfg["lesion_attention"])
     if attention and (lesions is None or not lesions[train_idx].any()):
         raise ValueError(
             "train.classifier.lesion_attention is above 0 but no training image has a lesion "
             "mask or box (data.boxes, or the mask column); set it to 0 or give the lesions"
         )
-    device = engine.select_device(train_params.get("device", "auto"))
+    device = engine.select_device(train_params["device"])
     model, origin = build_classifier(
         cfg["backbone"],
         cfg["weights"],
         num_classes,
-        cfg.get("allow_download", False),
-        cfg.get("output_stride", 32),
+        cfg["allow_download"],
+        cfg["output_stride"],
     )
     model.to(device)
     head = linear_head(model) if attention else None
@@ -86,7 +86,7 @@ def train_classifier(
     counts = torch.bincount(y_train, minlength=num_classes).float().clamp(min=1)
     weight = (counts.sum() / (num_classes * counts)).to(device)
     criterion = torch.nn.CrossEntropyLoss(weight=weight)
-    transform = pipeline.augmentations(train_params.get("augment", {}), with_mask=bool(attention))
+    transform = pipeline.augmentations(train_params["augment"], with_mask=bool(attention))
     dataset = pipeline.ArrayDataset(
         images, train_idx, transform, masks=lesions if attention else None, labels=labels
     )
@@ -163,9 +163,7 @@ def predict_probs(
 def decide(logits: np.ndarray, labels: np.ndarray, decision: dict[str, Any]) -> dict[str, Any]:
     """Temperature and (binary) operating threshold fitted on validation logits."""
     temperature = (
-        calibration.fit_temperature(logits, labels)
-        if decision.get("temperature_scaling", True)
-        else 1.0
+        calibration.fit_temperature(logits, labels) if decision["temperature_scaling"] else 1.0
     )
     probs = calibration.softmax(logits, temperature)
     out: dict[str, Any] = {
@@ -174,13 +172,13 @@ def decide(logits: np.ndarray, labels: np.ndarray, decision: dict[str, Any]) -> 
             calibration.softmax(logits), labels
         ),
         "val_ece": calibration.expected_calibration_error(probs, labels),
-        "tta": bool(decision.get("tta", False)),
+        "tta": bool(decision["tta"]),
     }
     if logits.shape[1] == 2:
-        policy = decision.get("threshold", "youden")
+        policy = decision["threshold"]
         out["threshold_policy"] = policy
         out["threshold"] = calibration.choose_threshold(
-            probs[:, 1], labels == 1, policy, decision.get("target_sensitivity", 0.9)
+            probs[:, 1], labels == 1, policy, decision["target_sensitivity"]
         )
     return out
 
@@ -203,20 +201,20 @@ def train_stage(
     labels = np.array([lookup[lab] for lab in index["label"]])
     cfg = params["train"]["classifier"]
     lesions = None
-    if cfg.get("lesion_attention", 0):
+    if cfg["lesion_attention"]:
         lesions = lesions_mod.lesion_maps(masks, index)
     result, origin = train_classifier(
         images, labels, train_idx, val_idx, len(classes), params["train"], params["seed"],
         checkpoint, lesions, num_workers=params["train"]["num_workers"],
     )  # fmt: skip
-    stride = cfg.get("output_stride", 32)
+    stride = cfg["output_stride"]
     best, _ = build_classifier(cfg["backbone"], None, len(classes), output_stride=stride)
     best.load_state_dict(result.state)
-    decision = params["train"].get("decision", {})
-    val_logits = predict_logits(best, images[val_idx], tta=decision.get("tta", False))
+    decision = params["train"]["decision"]
+    val_logits = predict_logits(best, images[val_idx], tta=decision["tta"])
     meta = engine.base_meta("classifier", modality, params, len(train_idx), len(val_idx))
     meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
-    meta |= {"lesion_attention": float(cfg.get("lesion_attention", 0.0))}
+    meta |= {"lesion_attention": float(cfg["lesion_attention"])}
     meta |= {"output_stride": stride}
     meta |= decide(val_logits, labels[val_idx], decision)
     meta |= result.summary()

@@ -164,8 +164,9 @@ def fit(
     interruption (only a checkpoint whose fingerprint is run_key)."""
     fast_layout(model)
     optimizer = torch.optim.AdamW(
+        # the segmenter has no pretrained-backbone scale: only the classifier schema has one
         param_groups(model, cfg["lr"], cfg.get("backbone_lr_scale", 1.0)),
-        weight_decay=cfg.get("weight_decay", 1e-4),
+        weight_decay=cfg["weight_decay"],
     )
     loader = pipeline.make_loader(
         dataset, cfg["batch_size"], seed, num_workers, pin_memory=device.type == "cuda"
@@ -187,7 +188,7 @@ def fit(
             torch.set_rng_state(saved["torch_rng"])
             state = saved["state"]
             log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
-    patience = cfg.get("patience", 0)
+    patience = cfg["patience"]
     for epoch in range(state["epoch"] + 1, cfg["epochs"] + 1):
         start, losses = time.perf_counter(), []
         model.train()
@@ -207,7 +208,7 @@ def fit(
         improved = score > state["best_score"]
         if improved:
             state["best_score"], state["improved_epoch"] = score, epoch
-        if improved or cfg.get("keep", "best") == "last":
+        if improved or cfg["keep"] == "last":
             state["best_epoch"] = epoch  # the kept epoch
             state["best_state"] = copy.deepcopy(
                 {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -38,10 +38,10 @@ def augmentations(aug: dict[str, Any], with_mask: bool) -> Compose:
     """MONAI dictionary transforms from params; the mask moves with the image."""
     keys = ["image", "mask"] if with_mask else ["image"]
     modes = ("bilinear", "nearest") if with_mask else ("bilinear",)
-    degrees = math.radians(aug.get("rotate_degrees", 0))
-    zoom = aug.get("zoom", [1.0, 1.0])
+    degrees = math.radians(aug["rotate_degrees"])
+    zoom = aug["zoom"]
     transforms = [
-        RandFlipd(keys=keys, prob=aug.get("flip_prob", 0.0), spatial_axis=1),
+        RandFlipd(keys=keys, prob=aug["flip_prob"], spatial_axis=1),
         RandAffined(
             keys=keys,
             prob=0.8,
@@ -51,10 +51,8 @@ def augmentations(aug: dict[str, Any], with_mask: bool) -> Compose:
             mode=modes,
             padding_mode="zeros",
         ),
-        RandAdjustContrastd(
-            keys=["image"], prob=0.5, gamma=tuple(aug.get("contrast_gamma", [1, 1]))
-        ),
-        RandGaussianNoised(keys=["image"], prob=0.5, std=aug.get("noise_std", 0.0)),
+        RandAdjustContrastd(keys=["image"], prob=0.5, gamma=tuple(aug["contrast_gamma"])),
+        RandGaussianNoised(keys=["image"], prob=0.5, std=aug["noise_std"]),
     ]
     return Compose(transforms)
 

@@ -165,10 +165,10 @@ def patch_sampler(
     RandCropByPosNegLabeld, the crop of pipeline.ArrayDataset; slices without a lesion give
     a random patch). Inference stays whole-image or sliding-window, the networks being
     fully convolutional."""
-    size = int(cfg.get("patch_size", 0) or 0)
+    size = int(cfg["patch_size"])
     if size <= 0 or size >= image_size:
         return None
-    fraction = float(cfg.get("patch_lesion_fraction", 0.5))
+    fraction = float(cfg["patch_lesion_fraction"])
     sampler = RandCropByPosNegLabeld(
         keys=["image", "mask"], label_key="mask", spatial_size=(size, size),
         pos=fraction, neg=1.0 - fraction, num_samples=1, allow_smaller=False,
@@ -200,13 +200,13 @@ def train_segmenter(
     after post-processing. Returns (engine.TrainResult, weights origin)."""
     engine.seed_everything(seed)
     cfg = train_params["segmenter"]
-    device = engine.select_device(train_params.get("device", "auto"))
+    device = engine.select_device(train_params["device"])
     model, origin = build_segmenter(cfg, pretrained=True)
     model.to(device)
     stored = settings(cfg)
     criterion = DiceCELoss(sigmoid=True, batch=True)
-    transform = pipeline.augmentations(train_params.get("augment", {}), with_mask=True)
-    order = epoch_indices(train_idx, masks, float(cfg.get("tumour_oversample", 1.0)))
+    transform = pipeline.augmentations(train_params["augment"], with_mask=True)
+    order = epoch_indices(train_idx, masks, float(cfg["tumour_oversample"]))
     crop = patch_sampler(cfg, images.shape[-1], seed)
     dataset = pipeline.ArrayDataset(images, order, transform, masks=masks, crop=crop)
 
