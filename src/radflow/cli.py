@@ -444,6 +444,16 @@ def _predict_masks(model_dir: Path, images: Path, out: Path) -> None:
     )
 
 
+def cmd_renamed_profile(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
+    """`radflow profile` (before issue 14) fails with the command and path that replace it."""
+    old = next((w for w in args.words if w.endswith((".yaml", ".yml"))), "profiles/<name>.yaml")
+    raise params_mod.ParamsError(
+        "the command is now `radflow overlay`, and the dataset params overlays moved from "
+        f"{params_mod.OLD_OVERLAY_DIR}/ to {params_mod.OVERLAY_DIR}/: run `radflow overlay "
+        f"{params_mod.OVERLAY_DIR}/{Path(old).name}` instead"
+    )
+
+
 def cmd_overlay(args: argparse.Namespace, params: dict[str, Any] | None) -> None:
     """Print (or run) the `dvc exp run` that applies a params overlay to params.yaml."""
     import shlex
@@ -528,6 +538,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--run", action="store_true", help="run dvc exp run now")
     p.set_defaults(handler=cmd_overlay, params_loaded=False)
+    p = sub.add_parser("profile")  # the name of `overlay` before issue 14: an error naming it
+    p.add_argument("words", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_renamed_profile, params=None)
     p = sub.add_parser("predict", help="apply a trained model to a folder of images")
     p.add_argument("--model", required=True, help="models/<modality>/classifier or .../segmenter")
     p.add_argument("--images", required=True, help="folder searched recursively")
@@ -545,26 +558,7 @@ def _parser() -> argparse.ArgumentParser:
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
-def renamed_command(argv: list[str]) -> str | None:
-    """The error for a command that was renamed (`radflow profile` before issue 14), or None."""
-    words = [a for a in argv if not a.startswith("-")]
-    if not words or words[0] != "profile":
-        return None
-    old = next((w for w in words[1:] if w.endswith((".yaml", ".yml"))), "profiles/<name>.yaml")
-    new = f"{params_mod.OVERLAY_DIR}/{Path(old).name}"
-    return (
-        "radflow profile: error: the command is now `radflow overlay`, and the dataset params "
-        f"overlays moved from {params_mod.OLD_OVERLAY_DIR}/ to {params_mod.OVERLAY_DIR}/: "
-        f"run `radflow overlay {new}` instead"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    renamed = renamed_command(argv)
-    if renamed:
-        print(renamed, file=sys.stderr)
-        return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
