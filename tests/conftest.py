@@ -100,3 +100,24 @@ def filled(section: str, values: dict) -> dict:
     from radflow.core import params
 
     return params.with_defaults({section: values})[section]
+
+
+@pytest.fixture(scope="session")
+def demo_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout as a git repository with the tiny demo params committed."""
+    from project import make_origin
+
+    return make_origin(tmp_path_factory.mktemp("origin") / "radflow")
+
+
+@pytest.fixture(scope="session")
+def demo_clone(demo_origin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh `git clone` after the one command users run: the whole demo under Snakemake.
+
+    Shared by every test module: tests that change files work on `project.copy_project`.
+    """
+    from project import clone, run
+
+    work = clone(demo_origin, tmp_path_factory.mktemp("clone") / "radflow")
+    run(["snakemake", "--cores", "2"], work)
+    return work
