@@ -5,8 +5,11 @@
 #   snakemake --cores all                 # run what is out of date (no conda needed)
 #   snakemake --cores all --use-conda     # the same, in workflow/envs/radflow.yaml
 #   snakemake --report report.zip         # Snakemake's report of the run
-#   snakemake --cores 1 --touch           # after `dvc repro`, once `dvc status` is clean
 #
+# Snakemake and DVC agree in both directions with nothing to touch by hand: Snakemake decides
+# by times (profiles/default), each rule's inputs hold its code and its params file, and at
+# start-up align_with_dvc() gives the outputs of stages DVC finds up to date their proper
+# times; onsuccess commits the run to DVC (docs/CACHING.md).
 # Each rule runs its DVC stage's command with `> {log} 2>&1` appended (logs/ folder).
 # params.yaml is the only source of parameters: every command reads it itself, so the
 # Snakemake config may not be changed with --config or another --configfile than a dataset
@@ -55,6 +58,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/report.smk"
+
+
+# After every rule's inputs (settings files included) are written: see align_with_dvc.
+align_with_dvc()
 
 
 onsuccess:

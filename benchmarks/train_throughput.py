@@ -6,8 +6,10 @@ times `radflow train --task classifier` on it. Only the command line and the fil
 used, so the same script measures any version of the package: the one on PYTHONPATH runs,
 with the params.yaml of its own checkout (two folders above the package).
 
-images/s = n_train x epochs / the sum of the epochs' `seconds` in history.csv (each epoch's
-training steps and its validation pass); "steady" leaves epoch 1 (warm-up) out.
+images/s = n_train x epochs / the sum of the epochs' `seconds` in the model's training
+history (each epoch's training steps and its validation pass: dvclive/plots/metrics/
+seconds.tsv, or history.csv from versions before DVCLive); "steady" leaves epoch 1 (warm-up)
+out.
 
     PYTHONPATH=src .venv/bin/python benchmarks/train_throughput.py [--epochs 3]
         [--images 256] [--num-workers 0] [--repeat 1] [--keep DIR]
@@ -82,7 +84,15 @@ def write_params(work: Path, epochs: int, num_workers: int | None) -> Path:
     return path
 
 
-def train_once(work: Path, run: int) -> tuple[float, pd.DataFrame]:
+def epoch_seconds(model_dir: Path) -> np.ndarray:
+    """Each epoch's seconds, from DVCLive's file or the history.csv of older versions."""
+    tsv = model_dir / "dvclive" / "plots" / "metrics" / "seconds.tsv"
+    if tsv.exists():
+        return pd.read_csv(tsv, sep="\t")["seconds"].to_numpy()
+    return pd.read_csv(model_dir / "history.csv")["seconds"].to_numpy()
+
+
+def train_once(work: Path, run: int) -> tuple[float, np.ndarray]:
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     env.pop("RADFLOW_PROFILE", None)
     out = work / f"models/run{run}"
@@ -91,7 +101,7 @@ def train_once(work: Path, run: int) -> tuple[float, pd.DataFrame]:
            "--split", str(work / "data/split.csv"), "--out", str(out)]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
-    return time.perf_counter() - start, pd.read_csv(out / "history.csv")
+    return time.perf_counter() - start, epoch_seconds(out)
 
 
 def main() -> None:
@@ -113,8 +123,7 @@ def main() -> None:
     head = ["run", "wall s", "epoch s (each)", "images/s (all epochs)", "images/s (steady)"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for run in range(args.repeat):
-        wall, history = train_once(work, run)
-        seconds = history["seconds"].to_numpy()
+        wall, seconds = train_once(work, run)
         rate = n_train * len(seconds) / seconds.sum()
         steady = n_train * (len(seconds) - 1) / seconds[1:].sum() if len(seconds) > 1 else rate
         each = " / ".join(f"{s:.1f}" for s in seconds)

@@ -69,13 +69,22 @@ def env(project: Path | None = None) -> dict[str, str]:
 
 
 def run(
-    cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200
+    cmd: list[str],
+    cwd: Path,
+    check: bool = True,
+    timeout: int = 1200,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a tool of the venv (`snakemake`, `dvc`, `radflow`, `git`) in cwd."""
     tool = BIN / cmd[0]
     argv = [str(tool) if tool.exists() else cmd[0], *cmd[1:]]
     proc = subprocess.run(
-        argv, cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=timeout
+        argv,
+        cwd=cwd,
+        env=env(cwd) | (extra_env or {}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check:
         assert proc.returncode == 0, (

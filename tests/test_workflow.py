@@ -21,9 +21,17 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "params.yaml", "dvc.yaml", ".dvcignore")
-# DVC-only dependencies: the stage's own code (Snakemake tracks its rule code, not ours).
-CODE_PREFIX = "src/"
+WORKFLOW_FILES = (
+    "Snakefile",
+    "workflow",
+    "profiles",
+    "src",
+    "params.yaml",
+    "dvc.yaml",
+    ".dvcignore",
+)
+# Snakemake-only inputs: each stage's settings file (DVC reads the same params.yaml keys).
+SETTINGS_PREFIX = ".snakemake/radflow/"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -65,7 +73,9 @@ def _copy_workflow(dest: Path) -> Path:
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name)
+            shutil.copytree(
+                src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(src, dest / name)
     return dest
@@ -128,9 +138,10 @@ def snakemake_jobs(
         # Snakemake keeps each job's stdout/stderr in its log file; DVC prints them.
         redirect = f" > {log} 2>&1"
         assert log and cmd.endswith(redirect), f"{key}: command does not write its log: {cmd}"
+        inputs = {_norm(p) for p in _split(job.get("input", ""))}
         jobs[key] = Stage(
             cmd=" ".join(cmd[: -len(redirect)].split()),
-            inputs={_norm(p) for p in _split(job.get("input", ""))},
+            inputs={p for p in inputs if not p.startswith(SETTINGS_PREFIX)},
             outputs={_norm(p) for p in _split(job.get("output", ""))},
             threads=int(job.get("threads", 1)),
         )
@@ -155,15 +166,15 @@ def _split(value: str) -> list[str]:
 
 
 def snakemake_rule_params(project: Path) -> dict[str, set[str]]:
-    """The params.yaml keys each rule passes as `params: settings=params_at(...)`."""
+    """The params.yaml keys each rule passes to `stage_inputs(rule, *keys)`."""
     found: dict[str, set[str]] = {}
     for smk in sorted((project / "workflow" / "rules").glob("*.smk")):
-        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
-            name = re.match(r"rule (\w+):", block)
+        for block in re.split(r"^(?=(?:rule|checkpoint) \w+:)", smk.read_text(), flags=re.M):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
             if not name:
                 continue
             keys = set()
-            for call in re.findall(r"params_at\(([^)]*)\)", block):
+            for call in re.findall(r"stage_inputs\(\s*\"\w+\"([^)]*)\)", block):
                 keys |= set(re.findall(r"\"([^\"]+)\"", call))
             found[name[1]] = keys
     return found
@@ -186,7 +197,7 @@ def dvc_stages(project: Path) -> dict[tuple[str, str | None], Stage]:
             for dep in stage.deps:
                 if hasattr(dep, "params"):  # ParamsDependency: keys of params.yaml
                     params |= set(dep.params)
-                elif not _norm(dep.def_path).startswith(CODE_PREFIX):
+                else:
                     inputs.add(_norm(dep.def_path))
             stages[(name, item or None)] = Stage(
                 cmd=" ".join(stage.cmd.split()),
@@ -266,7 +277,8 @@ def test_snakemake_and_dvc_agree_for_a_user_folder(project: Path) -> None:
     assert dvc.pop(("demo", None)).outputs == {"data/raw/demo"}
     _assert_same_pipeline(smk, dvc)
     root = params["data"]["root"]
-    assert smk[("ingest", None)].inputs == {root}
+    data = {p for p in smk[("ingest", None)].inputs if not p.startswith(("src/", "workflow/"))}
+    assert data == {root}
     assert root in smk[("anonymise", None)].inputs
 
 
@@ -280,11 +292,18 @@ def test_rules_and_dvc_stages_read_the_same_params(project: Path) -> None:
 
 def test_dvc_lists_by_hand_what_follows_modalities() -> None:
     """DVC cannot loop outside a stage's foreach: the report index deps (checked against
-    Snakemake above) and the training-history plots are listed per modality."""
+    Snakemake above) and the training-history metrics and plots (DVCLive's files in each
+    model directory, radflow.learning.history) are listed per modality and task."""
+    from radflow.learning.history import DIRNAME
+
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     modalities = yaml.safe_load((REPO / "params.yaml").read_text())["modalities"]
-    plots = {path for entry in dvc_yaml["plots"] for path in entry}
-    assert plots == {f"models/{m}/classifier/history.csv" for m in modalities}
+    tasks = [name.removeprefix("train_") for name in dvc_yaml["stages"] if "train_" in name]
+    assert tasks == ["classifier", "segmenter"]
+    models = [f"models/{m}/{task}/{DIRNAME}" for m in modalities for task in tasks]
+    history_plots = {path: spec for entry in dvc_yaml["plots"] for path, spec in entry.items()}
+    assert history_plots == {f"{model}/plots/metrics": {"x": "step"} for model in models}
+    assert sorted(dvc_yaml["metrics"]) == sorted(f"{model}/metrics.json" for model in models)
     evaluate = dvc_yaml["stages"]["evaluate"]["do"]
     assert evaluate["metrics"] == ["reports/evaluation/${item}/metrics.json"]
     plot_specs = {path: spec for entry in evaluate["plots"] for path, spec in entry.items()}
@@ -294,16 +313,30 @@ def test_dvc_lists_by_hand_what_follows_modalities() -> None:
     }  # fmt: skip
 
 
-def test_dvc_code_dependencies_exist(project: Path) -> None:
-    code = {
-        dep
-        for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
-        for dep in stage.get("do", stage).get("deps", [])
-        if dep.startswith(CODE_PREFIX)
-    }
-    assert code, "dvc.yaml should track the stage modules"
-    missing = sorted(dep for dep in code if not (REPO / dep).exists())
-    assert not missing, f"dvc.yaml depends on missing code: {missing}"
+def test_each_stage_depends_on_all_the_code_it_runs_in_both_orchestrators(
+    project: Path,
+) -> None:
+    """The import graph of each stage's `radflow` command, templates and schema included, is
+    the code listed for it in dvc.yaml and given to its Snakemake rule as input."""
+    from radflow.core import codegraph
+
+    smk, dvc = snakemake_jobs(project), dvc_stages(project)
+    for (name, item), stage in dvc.items():
+        code = set(codegraph.repo_paths(name, REPO))
+        missing_dvc = sorted(code - stage.inputs)
+        assert not missing_dvc, (
+            f"dvc.yaml {name} misses {missing_dvc}: python workflow/scripts/sync_code_deps.py"
+        )
+        stale = sorted(p for p in stage.inputs - code if p.startswith(("src/", "workflow/")))
+        assert not stale, f"dvc.yaml {name}: depends on code it does not run: {stale}"
+        assert code <= smk[(name, item)].inputs, f"Snakemake {name}: code inputs missing"
+    # a stage runs only its own task's module, and the report its templates
+    assert "src/radflow/learning/segmentation.py" not in codegraph.repo_paths(
+        "train_classifier", REPO
+    )
+    assert "src/radflow/data/anonymise_pixels.py" in codegraph.repo_paths("anonymise", REPO)
+    assert "src/radflow/report/templates" in codegraph.repo_paths("report", REPO)
+    assert "workflow/schemas/params.schema.yaml" in codegraph.repo_paths("split", REPO)
 
 
 def _threads(jobs: dict[tuple[str, str | None], Stage]) -> dict[str, set[int]]:
@@ -327,14 +360,15 @@ def test_torch_jobs_reserve_the_cores_torch_will_use(project: Path) -> None:
         assert threads.get(torch_rule, {1}) == cores, (torch_rule, threads)
 
 
-def test_modalities_share_the_cores_for_evaluate_and_explain(project: Path) -> None:
-    """Three modalities on 2 cores: training takes both cores in turn; evaluation and
-    explanations run side by side, one core each."""
+def test_every_torch_job_reserves_the_threads_its_stage_pins(project: Path) -> None:
+    """The stages pin torch to train.num_threads (0: every core) so that Snakemake and DVC
+    write the same bytes; each torch job reserves that many cores, evaluate and explain too
+    (they used to share them, and then wrote predictions differing in the 7th digit)."""
     threads = _threads(snakemake_jobs(project, cores=2))
 
-    assert len(yaml.safe_load((project / "params.yaml").read_text())["modalities"]) == 3
-    assert threads.get("train_classifier", {1}) == {min(2, os.cpu_count() or 1)}
-    assert threads["evaluate"] == {1} and threads["explain"] == {1}, threads
+    cores = {min(2, os.cpu_count() or 1)}
+    for torch_rule in ("train_classifier", "train_segmenter", "evaluate", "explain"):
+        assert threads.get(torch_rule, {1}) == cores, (torch_rule, threads)
 
 
 def test_snakemake_lint_reports_no_errors(project: Path) -> None:
@@ -382,7 +416,7 @@ def test_snakemake_takes_an_overlay_but_no_other_configfile(project: Path) -> No
 
 def test_snakemake_refuses_the_old_overlay_names_naming_the_new_ones(project: Path) -> None:
     """Overlays moved from profiles/ to params/ and RADFLOW_PROFILE became RADFLOW_OVERLAY."""
-    (project / "profiles").mkdir()
+    (project / "profiles").mkdir(exist_ok=True)
     (project / "profiles" / "tiny.yaml").write_text("seed: 7\n")
     (project / "params").mkdir(exist_ok=True)
     (project / "params" / "tiny.yaml").write_text("seed: 7\n")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radflow.core import codegraph
 from radflow.core import manifest as manifest_mod
 from radflow.core import params as params_mod
 from radflow.core.fileio import (
@@ -70,6 +71,19 @@ def _load_processed(data_dir: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFram
     index["array_index"] = index["array_index"].astype(int)
     index["has_mask"] = index["has_mask"].astype(int)
     return np.load(data_dir / "images.npy"), np.load(data_dir / "masks.npy"), index
+
+
+def _pin_torch_threads(params: dict[str, Any]) -> None:
+    """Run torch on train.num_threads threads (0: every core), whoever started the stage.
+
+    A float sum splits across threads, so the thread count changes the last bits of every
+    result: Snakemake sets OMP_NUM_THREADS to the cores a job reserved, DVC sets nothing, and
+    the same model then wrote predictions differing in the 7th digit. Pinning it here gives
+    the same bytes under both.
+    """
+    import torch
+
+    torch.set_num_threads(params["train"]["num_threads"] or os.cpu_count() or 1)
 
 
 def _read_split(path: Path) -> pd.DataFrame:
@@ -200,10 +214,7 @@ def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.learning import models
 
-    if params["train"]["num_threads"]:
-        import torch
-
-        torch.set_num_threads(params["train"]["num_threads"])
+    _pin_torch_threads(params)
     images, masks, index = _load_processed(Path(args.data))
     split = _read_split(Path(args.split))
     out = Path(args.out)
@@ -235,6 +246,7 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.evaluation import stage
     from radflow.learning import models
 
+    _pin_torch_threads(params)
     data_dir, split_path = Path(args.data), Path(args.split)
     images, masks, index = _load_processed(data_dir)
     split = _read_split(split_path)
@@ -282,6 +294,7 @@ def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.explain import stage
     from radflow.learning import models
 
+    _pin_torch_threads(params)
     images, masks, index = _load_processed(Path(args.data))
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
@@ -319,6 +332,7 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
         context = {
             "params_hash": params_mod.params_hash(params),
+            "code_digest": codegraph.digest("report_index"),
             "git_revision": provenance.git_revision(),
             "versions": provenance.versions(),
         }
@@ -338,6 +352,7 @@ def _maybe_json(path: Path) -> dict[str, Any] | None:
 def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     """Everything one modality page shows, read from the stage outputs."""
     from radflow.core import provenance
+    from radflow.learning import history
 
     evaluation, explanations, models_dir = (
         Path(args.evaluation),
@@ -351,9 +366,9 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
     for case in cases:
         case["png"] = (explanations / case["file"]).read_bytes()
     histories = {
-        task: pd.read_csv(models_dir / task / "history.csv")
+        task: frame
         for task in ("classifier", "segmenter")
-        if (models_dir / task / "history.csv").exists()
+        if (frame := history.read(models_dir / task)) is not None
     }
     meta = read_json(models_dir / "classifier" / "meta.json")
     pr_path = evaluation / "pr.csv"
@@ -378,6 +393,7 @@ def _page_context(args: argparse.Namespace, params: dict[str, Any]) -> dict[str,
         "segmentation_overlays": overlays,
         "params": params,
         "git_revision": provenance.git_revision(),
+        "code_digest": codegraph.digest("report"),
     }
 
 

@@ -4,6 +4,7 @@
 
 rule anonymise:
     input:
+        **stage_inputs("anonymise", "anonymise", "data.source", raw_tree=not DEMO),
         manifest="data/interim/manifest.csv",
         root=ROOT,
     output:
@@ -13,7 +14,6 @@ rule anonymise:
         quarantine="data/anonymised/quarantine.csv",
     params:
         out=parent_dir("output", "manifest"),
-        settings=params_at("anonymise", "data.source"),
     log:
         "logs/anonymise.log",
     conda:

@@ -4,11 +4,11 @@
 
 
 rule demo:
+    input:
+        **stage_inputs("demo", "seed", "modalities", "demo"),
     output:
         raw=directory(DEMO_DIR),
         labels=DEMO_LABELS,
-    params:
-        settings=params_at("seed", "modalities", "demo"),
     log:
         "logs/demo.log",
     conda:

@@ -5,6 +5,7 @@
 
 rule evaluate:
     input:
+        **stage_inputs("evaluate", "seed", "data.classes", "evaluate"),
         **processed(),
         split="data/split/{modality}.csv",
         classifier="models/{modality}/classifier",
@@ -21,10 +22,9 @@ rule evaluate:
         data=parent_dir("input", "index"),
         models=parent_dir("input", "classifier"),
         out=parent_dir("output", "metrics"),
-        settings=params_at("seed", "data.classes", "evaluate"),
     log:
         "logs/evaluate/{modality}.log",
-    threads: SHARED_TORCH_THREADS
+    threads: TORCH_THREADS
     conda:
         "../envs/radflow.yaml"
     shell:

@@ -4,6 +4,7 @@
 
 rule explain:
     input:
+        **stage_inputs("explain", "seed", "explain"),
         **processed(),
         model="models/{modality}/classifier",
         predictions="reports/evaluation/{modality}/predictions.csv",
@@ -17,10 +18,9 @@ rule explain:
         ),
     params:
         data=parent_dir("input", "index"),
-        settings=params_at("seed", "explain"),
     log:
         "logs/explain/{modality}.log",
-    threads: SHARED_TORCH_THREADS
+    threads: TORCH_THREADS
     conda:
         "../envs/radflow.yaml"
     shell:

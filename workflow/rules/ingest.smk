@@ -3,13 +3,13 @@
 
 rule ingest:
     input:
-        unpack(ingest_inputs),
+        **stage_inputs("ingest", "modalities", "data", raw_tree=not DEMO),
+        root=ROOT,
     output:
         manifest="data/interim/manifest.csv",
         quarantine="data/interim/quarantine.csv",
     params:
         out=parent_dir("output", "manifest"),
-        settings=params_at("modalities", "data"),
     log:
         "logs/ingest.log",
     conda:

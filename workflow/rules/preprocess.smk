@@ -1,15 +1,15 @@
 # preprocess: per-modality intensity normalisation and resizing, cached as arrays.
 
 
-rule preprocess:
+checkpoint preprocess:
     input:
+        **stage_inputs("preprocess", "preprocess"),
         manifest="data/anonymised/manifest.csv",
         files="data/anonymised/files",
     output:
         **processed(),
     params:
         out=parent_dir("output", "index"),
-        settings=params_at("preprocess"),
     log:
         "logs/preprocess/{modality}.log",
     conda:

@@ -3,6 +3,7 @@
 
 rule report:
     input:
+        **stage_inputs("report"),
         metrics="reports/evaluation/{modality}/metrics.json",
         predictions="reports/evaluation/{modality}/predictions.csv",
         roc="reports/evaluation/{modality}/roc.csv",
@@ -35,6 +36,7 @@ rule report:
 
 rule report_index:
     input:
+        **stage_inputs("report_index", "modalities"),
         pages=expand("reports/{modality}.html", modality=MODALITIES),
     output:
         page=report(
@@ -43,8 +45,6 @@ rule report_index:
             category="Reports",
             labels={"modality": "all", "page": "index"},
         ),
-    params:
-        settings=params_at("modalities"),
     log:
         "logs/report/index.log",
     conda:

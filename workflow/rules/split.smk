@@ -1,13 +1,12 @@
 # split: patient-grouped, label-stratified train/val/test split.
 
 
-rule split:
+checkpoint split:
     input:
+        **stage_inputs("split", "seed", "split"),
         index="data/processed/{modality}/index.csv",
     output:
         split="data/split/{modality}.csv",
-    params:
-        settings=params_at("seed", "split"),
     log:
         "logs/split/{modality}.log",
     conda:

@@ -6,15 +6,20 @@
 
 rule train_classifier:
     input:
+        **stage_inputs(
+            "train_classifier",
+            "seed",
+            "data.classes",
+            "train.classifier",
+            "train.augment",
+            "train.num_workers",
+        ),
         **processed(),
         split="data/split/{modality}.csv",
     output:
         model=directory("models/{modality}/classifier"),
     params:
         data=parent_dir("input", "index"),
-        settings=params_at(
-            "seed", "data.classes", "train.classifier", "train.augment", "train.num_workers"
-        ),
     log:
         "logs/train/{modality}_classifier.log",
     threads: TORCH_THREADS
@@ -27,13 +32,15 @@ rule train_classifier:
 
 rule train_segmenter:
     input:
+        **stage_inputs(
+            "train_segmenter", "seed", "train.segmenter", "train.augment", "train.num_workers"
+        ),
         **processed(),
         split="data/split/{modality}.csv",
     output:
         model=directory("models/{modality}/segmenter"),
     params:
         data=parent_dir("input", "index"),
-        settings=params_at("seed", "train.segmenter", "train.augment", "train.num_workers"),
     log:
         "logs/train/{modality}_segmenter.log",
     threads: TORCH_THREADS

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from radflow.core import codegraph
 from radflow.core import params as params_mod
 from radflow.evaluation import classification as cls
 from radflow.evaluation.reliability import calibration
@@ -93,6 +94,7 @@ def evaluate(
         "ci_level": ci_level,
         "bootstrap_samples": n_boot,
         "params_hash": params_mod.params_hash(dict(params)),
+        "code_digest": codegraph.digest("evaluate"),
     }
     y_pred = decide(probs, threshold)
     tables = {

@@ -27,8 +27,8 @@ import torch
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader, Dataset
 
+from radflow.core import codegraph, provenance
 from radflow.core import params as params_mod
-from radflow.core import provenance
 from radflow.core.fileio import atomic_write
 from radflow.learning import pipeline
 from radflow.learning.models import MEAN, STD, fast_layout
@@ -83,6 +83,7 @@ def base_meta(
         "mean": MEAN,
         "std": STD,
         "params_hash": params_mod.params_hash(params),
+        "code_digest": codegraph.digest(f"train_{task}"),
         "versions": provenance.versions(),
         "n_train": int(n_train),
         "n_val": int(n_val),

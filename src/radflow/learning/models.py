@@ -1,6 +1,6 @@
 """The model registry: one builder for classifiers (timm backbones), one for segmenters (the
 architectures of radflow.learning.networks), and the on-disk model directory (model.pt +
-meta.json + history.csv)."""
+meta.json + the training history in DVCLive's format, radflow.learning.history)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pandas as pd
 import timm
 import torch
 
-from radflow.core.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from radflow.core.fileio import atomic_write_bytes, read_json, write_json
+from radflow.learning import history as history_mod
 from radflow.learning import networks
 from radflow.learning import weights as weights_mod
 
@@ -118,7 +119,8 @@ def save_model(
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(out_dir / "model.pt", buffer.getvalue())
-    atomic_write_text(out_dir / "history.csv", history.to_csv(index=False))
+    kept = {key: meta[key] for key in ("best_epoch", "best_val_metric") if key in meta}
+    history_mod.write(out_dir, history, kept)
     write_json(out_dir / "meta.json", meta)
 
 

@@ -139,7 +139,8 @@ def confusion_png(matrix: Sequence[Sequence[int]] | np.ndarray, labels: Sequence
 
 
 def history_png(history_df: pd.DataFrame, title: str, metric_label: str = "val metric") -> bytes:
-    """Training curves: train/val loss and the validation metric per epoch (history.csv)."""
+    """Training curves: train/val loss and the validation metric per epoch (a model's history,
+    radflow.learning.history)."""
     fig = _figure(8.0, 3.2)
     loss_ax, metric_ax = fig.subplots(1, 2)
     epochs = history_df["epoch"]

@@ -18,6 +18,7 @@ from radflow.report.views import (
     index_cards_view,
     modality_view,
     now,
+    short_digest,
 )
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -51,6 +52,7 @@ def render_index(cards: Sequence[IndexCard], context: IndexContext | None = None
             title=context.get("title") or "radflow reports",
             generated_at=context.get("generated_at") or now(),
             params_hash=context.get("params_hash"),
+            code_digest=context.get("code_digest") and short_digest(context["code_digest"]),
             git_revision=context.get("git_revision"),
             versions=sorted((context.get("versions") or {}).items()),
             cards=[view for card in cards for view in index_cards_view(card)],

@@ -1,10 +1,11 @@
 """View models of the report pages: the contexts the CLI assembles (TypedDicts) and the
 plain dicts of formatted strings and figure data URIs that the templates show.
 
-Pure functions: the CLI reads metrics.json, roc.csv, history.csv, explanations.json (and
-the overlay PNG bytes), meta.json and params, puts them in the context dicts below and
-writes the HTML that radflow.report.pages returns. Figures (radflow.report.figures) are
-embedded as base64 data URIs; CSS is inline; there are no external links or scripts.
+Pure functions: the CLI reads metrics.json, roc.csv, the training histories (each model's
+dvclive/), explanations.json (and the overlay PNG bytes), meta.json and params, puts them
+in the context dicts below and writes the HTML that radflow.report.pages returns. Figures
+(radflow.report.figures) are embedded as base64 data URIs; CSS is inline; there are no
+external links or scripts.
 
 Context for ``pages.render_modality_page`` (:class:`ModalityContext`)::
 
@@ -14,11 +15,12 @@ Context for ``pages.render_modality_page`` (:class:`ModalityContext`)::
       "roc": pd.DataFrame | None,               # roc.csv (fpr, tpr, threshold)
       "pr": pd.DataFrame | None,                # pr.csv (precision, recall, threshold)
       "predictions": pd.DataFrame | None,       # predictions.csv (misclassified cases)
-      "histories": {"classifier": df, "segmenter": df},  # history.csv per trained model
+      "histories": {"classifier": df, "segmenter": df},  # per trained model (its dvclive/)
       "explanations": [ExplanationItem, ...],   # explanations.json rows + "png": bytes
       "faithfulness": {...} | None,             # faithfulness.json (per-method summary)
       "cases": [CaseItem, ...],                 # cases.json rows + "png": bytes (browser)
       "git_revision": "abc1234",                # the code that made the page
+      "code_digest": "3f9a...",                 # codegraph.digest("report"): the same
       "meta": {...},                            # classifier meta.json
       "segmenter_meta": {...} | None,           # segmenter meta.json (shows "not trained")
       "segmentation_overlays": {file: bytes},   # evaluation overlays/*.png (best/median/worst)
@@ -32,7 +34,7 @@ Cards for ``pages.render_index`` (:class:`IndexCard`): ``{"modality": "mri", "me
 metrics.json dict or None}``; each modality gets a classifier card and a segmenter card that
 link into ``{modality}.html`` (relative, the index sits next to the modality pages). Context
 for the index (:class:`IndexContext`): ``{"title", "generated_at", "params_hash",
-"git_revision", "versions"}``, all optional.
+"code_digest", "git_revision", "versions"}``, all optional.
 
 Both pages carry a few lines of inline JavaScript (no library): click a table header of a
 ``table.sortable`` to sort it, filter the case browser, and on load set
@@ -121,6 +123,7 @@ class ModalityContext(TypedDict, total=False):
     faithfulness: dict[str, Any] | None
     cases: Sequence[CaseItem]
     git_revision: str
+    code_digest: str
     meta: dict[str, Any]
     segmenter_meta: dict[str, Any] | None
     segmentation_overlays: Mapping[str, bytes]
@@ -141,8 +144,14 @@ class IndexContext(TypedDict, total=False):
     title: str
     generated_at: str
     params_hash: str
+    code_digest: str
     git_revision: str
     versions: dict[str, str]
+
+
+def short_digest(digest: str | None) -> str:
+    """A code digest as the report shows it: its first 12 hex digits, like a git revision."""
+    return digest[:12] if digest else "n/a"
 
 
 def safe_name(modality: str) -> str:
@@ -415,6 +424,16 @@ def modality_view(context: ModalityContext) -> dict[str, Any]:
         "weights_origin": meta.get("weights_origin") or "n/a",
         "lesion_attention": meta.get("lesion_attention") or 0,
         "git_revision": context.get("git_revision") or meta.get("git_revision") or "unknown",
+        "code_digest": short_digest(context.get("code_digest")),
+        # the code that made each artifact on the page (codegraph.digest of its stage)
+        "code_digests": [
+            (stage, short_digest(digest))
+            for stage, digest in (
+                ("train", meta.get("code_digest")),
+                ("evaluate", metrics.get("code_digest")),
+                ("report", context.get("code_digest")),
+            )
+        ],
         "arch": meta.get("arch"),
         "best_epoch": meta.get("best_epoch"),
         "generated_at": context.get("generated_at") or now(),
