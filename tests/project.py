@@ -72,7 +72,7 @@ def run(
     cmd: list[str],
     cwd: Path,
     check: bool = True,
-    timeout: int = 1200,
+    timeout: int = 3000,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a tool of the venv (`snakemake`, `dvc`, `radflow`, `git`) in cwd."""
