@@ -56,24 +56,26 @@ def test_no_planted_identifier_reaches_the_reports(project):
     assert names and not any(name in text for name in names)
 
 
-def test_predict_scores_a_folder_with_the_trained_model(project):
+def test_predict_scores_a_folder_with_the_trained_model(project, tmp_path):
+    # outputs outside the shared clone, which other modules expect as `git clone` left it
+    out = tmp_path / "preds.csv"
     run(
         ["radflow", "predict", "--model", "models/xray/classifier",
-         "--images", "data/raw/demo/xray", "--out", "preds.csv"],
+         "--images", "data/raw/demo/xray", "--out", str(out)],
         project,
     )  # fmt: skip
     import pandas as pd
 
-    preds = pd.read_csv(project / "preds.csv", keep_default_na=False)
+    preds = pd.read_csv(out, keep_default_na=False)
     assert len(preds) == len(list((project / "data/raw/demo/xray").rglob("*.dcm")))
     assert {"path", "prob_normal", "prob_opacity", "pred_label"} <= set(preds.columns)
     assert (preds["error"] == "").all()
     assert ((preds["prob_normal"] + preds["prob_opacity"]).round(4) == 1).all()
 
 
-def test_snakemake_report_collects_the_captioned_results(project):
-    run(["snakemake", "--report", "report.html"], project)
-    html = (project / "report.html").read_text(errors="replace")
+def test_snakemake_report_collects_the_captioned_results(project, tmp_path):
+    run(["snakemake", "--report", str(tmp_path / "report.html")], project)
+    html = (tmp_path / "report.html").read_text(errors="replace")
     for category in ("Reports", "Explanations"):
         assert category in html
     caption = (ROOT / "workflow/report/modality.rst").read_text().split()[:3]
