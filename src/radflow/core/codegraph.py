@@ -10,6 +10,7 @@ being importable, as under `snakemake --use-conda`.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,7 +57,21 @@ def module_path(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
-def _imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+def _parse(path: Path) -> ast.Module:
+    """path's syntax tree, parsed once per version of the file (the Snakefile asks for the
+    code of every stage, and the stages share most of their modules)."""
+    st = path.stat()
+    return _parse_version(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.cache
+def _parse_version(path: str, mtime_ns: int, size: int) -> ast.Module:
+    return ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+
+
+def _imported(
+    tree: ast.AST, module: str, is_package: bool, package_dir: Path = PACKAGE_DIR
+) -> set[str]:
     """Every radflow module an import statement anywhere in tree names (a function's lazy
     imports too), with `from pkg import name` resolved to the submodule when it is one."""
     package = module if is_package else module.rpartition(".")[0]
@@ -71,15 +86,23 @@ def _imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
                 base = ".".join([*parts, base] if base else parts)
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
-    return {name for name in found if module_path(name) is not None}
+    return {name for name in found if module_path(name, package_dir) is not None}
 
 
 def imports_of(name: str, package_dir: Path = PACKAGE_DIR) -> set[str]:
     path = module_path(name, package_dir)
     if path is None:
         return set()
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    return _imported(tree, name, path.name == "__init__.py")
+    st = path.stat()
+    return set(_module_imports(name, str(path), st.st_mtime_ns, st.st_size, package_dir))
+
+
+@functools.cache
+def _module_imports(
+    name: str, path: str, mtime_ns: int, size: int, package_dir: Path
+) -> frozenset[str]:
+    tree = _parse_version(path, mtime_ns, size)
+    return frozenset(_imported(tree, name, path.endswith("__init__.py"), package_dir))
 
 
 def closure(roots: Iterable[str], package_dir: Path = PACKAGE_DIR) -> set[str]:
@@ -120,13 +143,12 @@ def stage_modules(stage: str, package_dir: Path = PACKAGE_DIR) -> set[str]:
     """The radflow modules `radflow <command>` runs for this stage."""
     if stage not in STAGE_COMMANDS:
         raise KeyError(f"unknown stage {stage!r}: one of {', '.join(STAGE_COMMANDS)}")
-    cli = package_dir / "cli.py"
-    tree = ast.parse(cli.read_text(encoding="utf-8"), filename=str(cli))
+    tree = _parse(package_dir / "cli.py")
     local = _cli_functions(tree)
     body = [node for node in tree.body if not isinstance(node, ast.FunctionDef)]
-    roots = _imported(ast.Module(body=body, type_ignores=[]), "radflow.cli", False)
+    roots = _imported(ast.Module(body=body, type_ignores=[]), "radflow.cli", False, package_dir)
     for name in _called_locals(local[f"cmd_{STAGE_COMMANDS[stage]}"], local):
-        roots |= _imported(local[name], "radflow.cli", False)
+        roots |= _imported(local[name], "radflow.cli", False, package_dir)
     roots -= {module for other, module in TASK_MODULES.items() if other != stage}
     # cli.py itself, but only the imports of the functions this stage calls
     return closure(roots, package_dir) | {"radflow.cli"}
