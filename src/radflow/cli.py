@@ -73,19 +73,6 @@ def _load_processed(data_dir: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFram
     return np.load(data_dir / "images.npy"), np.load(data_dir / "masks.npy"), index
 
 
-def _pin_torch_threads(params: dict[str, Any]) -> None:
-    """Run torch on train.num_threads threads (0: every core), whoever started the stage.
-
-    A float sum splits across threads, so the thread count changes the last bits of every
-    result: Snakemake sets OMP_NUM_THREADS to the cores a job reserved, DVC sets nothing, and
-    the same model then wrote predictions differing in the 7th digit. Pinning it here gives
-    the same bytes under both.
-    """
-    import torch
-
-    torch.set_num_threads(params["train"]["num_threads"] or os.cpu_count() or 1)
-
-
 def _read_split(path: Path) -> pd.DataFrame:
     split = _read_csv(path)
     split["array_index"] = split["array_index"].astype(int)
@@ -212,9 +199,9 @@ def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from radflow.learning import models
+    from radflow.learning import models, threads
 
-    _pin_torch_threads(params)
+    threads.pin(params["train"]["num_threads"])
     images, masks, index = _load_processed(Path(args.data))
     split = _read_split(Path(args.split))
     out = Path(args.out)
@@ -244,9 +231,9 @@ def cmd_train(args: argparse.Namespace, params: dict[str, Any]) -> None:
 def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.data import ingest
     from radflow.evaluation import stage
-    from radflow.learning import models
+    from radflow.learning import models, threads
 
-    _pin_torch_threads(params)
+    threads.pin(params["train"]["num_threads"])
     data_dir, split_path = Path(args.data), Path(args.split)
     images, masks, index = _load_processed(data_dir)
     split = _read_split(split_path)
@@ -292,9 +279,9 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 def cmd_explain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from radflow.explain import stage
-    from radflow.learning import models
+    from radflow.learning import models, threads
 
-    _pin_torch_threads(params)
+    threads.pin(params["train"]["num_threads"])
     images, masks, index = _load_processed(Path(args.data))
     predictions = _read_csv(Path(args.predictions))
     model, meta = models.load_model(args.model)
