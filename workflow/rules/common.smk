@@ -10,8 +10,10 @@ import re
 import shutil
 import subprocess
 import time
+from functools import cache
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
@@ -29,9 +31,9 @@ MASK_DIR = config["data"]["mask_dir"]
 DEMO_DIR = "data/raw/demo"
 DEMO_LABELS = f"{DEMO_DIR}/labels.csv"
 # Cores a torch job (train, evaluate, explain) reserves: train.num_threads, or all of them
-# when that is 0, the count the stage itself pins torch to (cli._pin_torch_threads) under any
-# orchestrator, because the thread count changes the last bits of float results. Snakemake
-# caps `threads` at --cores; the stage still runs that many torch threads.
+# when that is 0, the count the stage pins torch to under any orchestrator
+# (radflow.learning.threads.pin: the thread count changes the last bits of float results).
+# Snakemake caps `threads` at --cores; the stage still runs that many torch threads.
 TORCH_THREADS = config["train"]["num_threads"] or os.cpu_count() or 1
 
 
@@ -158,6 +160,7 @@ CODEGRAPH = _load_codegraph()
 SETTINGS_DIR = ".snakemake/radflow"
 
 
+@cache
 def _tree_fingerprint(root):
     """Names, sizes and modification times of every file under root: an edited, added or
     removed image changes it (Snakemake sees a directory input's own time only)."""
@@ -267,15 +270,18 @@ def _snakemake_mtime(path):
         return None
 
 
-def _newest(path):
-    """The newest time under path (a file's own, or any file's in a directory)."""
-    if not os.path.isdir(path):
-        return _snakemake_mtime(path) or 0.0
-    newest = os.stat(path).st_mtime
-    for folder, _, files in os.walk(path):
-        for name in files:
-            newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
-    return newest
+def _newest(path, known):
+    """The newest time under path (a file's own, or any file's in a directory); `known` holds
+    the paths already read or just touched, so a folder several stages read is walked once."""
+    if path not in known:
+        if os.path.isdir(path):
+            known[path] = max(
+                [os.stat(path).st_mtime]
+                + [os.stat(os.path.join(d, f)).st_mtime for d, _, fs in os.walk(path) for f in fs]
+            )
+        else:
+            known[path] = _snakemake_mtime(path) or 0.0
+    return known[path]
 
 
 def _touch(path, when):
@@ -299,8 +305,6 @@ def _dvc_clean_stages():
     if changed is None:
         logger.warning(f"radflow: `dvc status` failed, times not aligned:\n{done.stderr.strip()}")
         return None
-    import yaml
-
     with open("dvc.lock") as fh:
         lock = yaml.safe_load(fh) or {}
     stages = {
@@ -345,25 +349,27 @@ def align_with_dvc():
     settings file) get a newer time. Only times change, never contents, and never for a stage
     DVC calls changed; skipped under a params overlay, which DVC does not see.
     """
-    if OVERLAY:
+    if OVERLAY or not workflow.is_main_process:  # a job's own Snakemake (cluster) skips it
         return
     stages = _dvc_clean_stages()
     if not stages:
         return
     clock = time.time()
     touched = 0
+    known = {}
     for name, deps, outs in stages:
         settings = os.path.join(SETTINGS_DIR, f"{name.partition('@')[0]}.json")
         inputs = [p for p in (*deps, settings) if os.path.exists(p)]
         times = [_snakemake_mtime(p) for p in outs]
         if not inputs or None in times:
             continue
-        newest = max(_newest(p) for p in inputs)
+        newest = max(_newest(p, known) for p in inputs)
         if min(times) > newest:
             continue
         clock = max(clock, newest) + 0.001
         for out in outs:
             _touch(out, clock)
+            known[out] = clock
         touched += 1
     if touched:
         logger.info(f"radflow: {touched} stages up to date in DVC, their output times aligned")
