@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from radflow.core.params import merge
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -45,13 +47,6 @@ GIT_ID = {
     "GIT_COMMITTER_NAME": "radflow tests",
     "GIT_COMMITTER_EMAIL": "tests@radflow.invalid",
 }
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
 
 
 def env(project: Path | None = None) -> dict[str, str]:

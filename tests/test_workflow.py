@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+from project import env as project_env
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = (
@@ -37,22 +38,13 @@ SETTINGS_PREFIX = ".snakemake/radflow/"
 # ----------------------------------------------------------------------------- helpers
 
 
-def _env() -> dict[str, str]:
-    """The running interpreter's bin first on PATH, so the venv's tools are the ones used."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    for name in ("RADFLOW_PSEUDONYM_KEY", "RADFLOW_OVERLAY", "RADFLOW_PROFILE"):
-        env.pop(name, None)
-    return env
-
-
 def _snakemake(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--nocolor", *args],
         cwd=cwd,
-        env={**_env(), **(env or {})},
+        env={**project_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,

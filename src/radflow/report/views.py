@@ -20,7 +20,7 @@ Context for ``pages.render_modality_page`` (:class:`ModalityContext`)::
       "faithfulness": {...} | None,             # faithfulness.json (per-method summary)
       "cases": [CaseItem, ...],                 # cases.json rows + "png": bytes (browser)
       "git_revision": "abc1234",                # the code that made the page
-      "code_digest": "3f9a...",                 # codegraph.digest("report"): the same
+      "code_digest": "3f9a...",                 # codegraph.digest("report"): the code too
       "meta": {...},                            # classifier meta.json
       "segmenter_meta": {...} | None,           # segmenter meta.json (shows "not trained")
       "segmentation_overlays": {file: bytes},   # evaluation overlays/*.png (best/median/worst)
