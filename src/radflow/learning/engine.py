@@ -2,7 +2,7 @@
 radflow.learning.segmentation) train through, with its schedule (one warm-up epoch, then
 cosine), AMP and gradient scaling on CUDA, the kept epoch as a deep copy of the weights (so
 later epochs can never overwrite it), early stopping, a per-epoch checkpoint to resume after
-an interruption, seeding and the device.
+an interruption, seeding, the deterministic kernels it trains with, and the device.
 
 A task gives fit a Dataset (radflow.learning.pipeline), a step (a batch -> the loss) and a
 validate (-> (loss, metric); higher metric is better); fit owns the DataLoader.
@@ -14,9 +14,11 @@ import copy
 import hashlib
 import logging
 import math
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +50,14 @@ class TrainResult:
     best_epoch: int
     best_metric: float
     device: str
+    threads: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The meta.json keys that describe the training run."""
         return {
             "trained": True,
             "device": self.device,
+            "torch_threads": self.threads,
             "best_epoch": self.best_epoch,
             "best_val_metric": self.best_metric,
         }
@@ -96,6 +100,39 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     set_determinism(seed=seed)
+
+
+@contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """torch's deterministic kernels while a fit runs; the caller's settings back afterwards.
+
+    On the CPU this is what makes a seed fix the weights when other work shares the cores:
+    index_put_ with accumulate (the backward of advanced indexing, e.g. the classifier's
+    ``head.weight[targets]`` under lesion attention) adds with parallel atomic float adds
+    once it has 32768 elements (Lite0's 1280 features: batch 26 and up) and more than one
+    thread, so the order of the adds, and the sum's last bits, followed the threads' timing;
+    the deterministic kernel adds in index order on one thread, as torch already does below
+    that size (BENCHMARKS.md, "Same seed, same bytes"). Results stay a function of the
+    thread count (torch_threads in meta.json), which splits the reductions.
+    warn_only: an op without a deterministic kernel (some CUDA backward passes) warns rather
+    than failing the stage; uninitialised memory is not filled (no op here reads memory
+    before writing it, and the fill costs time). On CUDA, cuBLAS gets the fixed workspace
+    it needs to be deterministic unless CUBLAS_WORKSPACE_CONFIG is already set.
+    """
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
 
 
 def select_device(preference: str) -> torch.device:
@@ -162,7 +199,26 @@ def fit(
     """Train on shuffled batches of dataset: warm-up + cosine, AMP on CUDA, best-epoch deep
     copy (or the last epoch's, cfg keep: last, where a small validation set cannot rank
     epochs), early stopping (cfg patience), and a per-epoch checkpoint to resume after an
-    interruption (only a checkpoint whose fingerprint is run_key)."""
+    interruption (only a checkpoint whose fingerprint is run_key). Trains with torch's
+    deterministic kernels (deterministic_algorithms)."""
+    with deterministic_algorithms(device):
+        return _fit(
+            model, dataset, step, validate, cfg, device, seed, checkpoint, run_key, num_workers
+        )
+
+
+def _fit(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    step: Step,
+    validate: Validate,
+    cfg: dict[str, Any],
+    device: torch.device,
+    seed: int,
+    checkpoint: Path | None,
+    run_key: str,
+    num_workers: int,
+) -> TrainResult:
     fast_layout(model)
     optimizer = torch.optim.AdamW(
         # the segmenter has no pretrained-backbone scale: only the classifier schema has one
@@ -238,7 +294,9 @@ def fit(
     history = pd.DataFrame(state["rows"])
     best_epoch = state["best_epoch"]
     best_metric = float(history.loc[history["epoch"] == best_epoch, "val_metric"].iloc[0])
-    return TrainResult(state["best_state"], history, best_epoch, best_metric, device.type)
+    return TrainResult(
+        state["best_state"], history, best_epoch, best_metric, device.type, torch.get_num_threads()
+    )
 
 
 def save_checkpoint(

@@ -47,9 +47,15 @@ def packaged_source() -> Path:
 
 
 def convert_lite0(source: Path) -> OrderedDict[str, torch.Tensor]:
-    """Rename the package's tensors to timm's names, checking every shape."""
+    """Rename the package's tensors to timm's names, checking every shape.
+
+    The reference model's random initialisation draws from a forked generator: conversion
+    happens inside a training, after seeding, and only when the cache lacks the file, so
+    drawing from the global one would give the first training on a machine other weights
+    (its head's initialisation) than every later one with the same seed."""
     theirs = torch.load(source, map_location="cpu", weights_only=True)
-    ours = timm.create_model(PACKAGED_ARCH, pretrained=False).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        ours = timm.create_model(PACKAGED_ARCH, pretrained=False).state_dict()
     if len(theirs) != len(ours):
         raise WeightsError(f"{source} has {len(theirs)} tensors, timm expects {len(ours)}")
     mapped: OrderedDict[str, torch.Tensor] = OrderedDict()
