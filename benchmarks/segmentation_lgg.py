@@ -51,11 +51,13 @@ def load_arrays(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     if duplicate.any():  # blank slices stored twice: the pipeline keeps one copy too
         print(f"ingest: {int(duplicate.sum())} byte-identical duplicate slices left out")
     rows = result.manifest.sort_values("source_path").reset_index(drop=True)
-    images, masks, index = preprocess.build_arrays(
+    images, masks, index, quarantined = preprocess.build_arrays(
         rows, params["preprocess"], imaging.load_pixels, imaging.load_mask
     )
+    if quarantined:
+        print(f"preprocess: {len(quarantined)} slices quarantined")
     inputs = segmentation.model_input(images, index, params["train"]["segmenter"])
-    _, patients = np.unique(rows["patient_key"].to_numpy(), return_inverse=True)
+    _, patients = np.unique(index["patient_key"].to_numpy(), return_inverse=True)
     tumour = masks.reshape(len(masks), -1).any(axis=1)
     return inputs, masks, tumour, patients  # patient codes only: no names leave here
 

@@ -27,15 +27,14 @@ def _hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["RADFLOW_CACHE"] = str(tmp_path_factory.mktemp("radflow-cache"))
 
 
-def write_dicom(
-    path: Path,
+def dicom_dataset(
     pixels: np.ndarray,
     modality: str = "CT",
     patient_id: str = "P1",
     study_uid: str | None = None,
     intercept: float = -1024.0,
     photometric: str = "MONOCHROME2",
-) -> Path:
+) -> Dataset:
     """A minimal valid single-frame DICOM image with unsigned 16-bit pixels."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
@@ -57,8 +56,13 @@ def write_dicom(
     if modality == "CT":
         ds.RescaleIntercept, ds.RescaleSlope = intercept, 1.0
     ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *args: object, **kwargs: object) -> Path:
+    """dicom_dataset(pixels, ...) saved as a DICOM file at path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    dicom_dataset(pixels, *args, **kwargs).save_as(path, enforce_file_format=True)  # type: ignore[arg-type]
     return path
 
 

@@ -45,7 +45,8 @@ def _boxed_cohort(root, rng, box_x="30", box_w="20"):
 def test_box_formats_become_the_same_corners(fmt, values, corners):
     raw = pd.DataFrame([values], columns=["a", "b", "c", "d"])
     rule = sources.BoxRule(columns=("a", "b", "c", "d"), format=fmt)
-    assert rule.apply(raw, "labels.csv").iloc[0] == corners
+    boxes, problems = rule.apply(raw, "labels.csv")
+    assert boxes.iloc[0] == corners and problems.iloc[0] == ""
 
 
 def test_boxes_reach_the_manifest_and_rows_without_one_stay_empty(tmp_path, rng):
@@ -55,10 +56,12 @@ def test_boxes_reach_the_manifest_and_rows_without_one_stay_empty(tmp_path, rng)
     assert frame.loc["pituitary", "box"] == ""
 
 
-def test_non_numeric_box_is_an_error_naming_the_row_and_key(tmp_path, rng):
+def test_non_numeric_box_quarantines_its_row_naming_the_key(tmp_path, rng):
     source = sources.from_params(filled("data", _boxed_cohort(tmp_path, rng, box_x="left")))
-    with pytest.raises(sources.SourceError, match=r"row 2 .*data\.boxes"):
-        ingest.ingest(source)
+    result = ingest.ingest(source)
+    assert len(result.manifest) == 1 and result.manifest["box"].tolist() == [""]
+    (reason,) = result.quarantine["reason"]
+    assert "non-numeric box" in reason and "data.boxes" in reason
 
 
 def test_missing_box_column_is_an_error_naming_it(tmp_path, rng):

@@ -56,6 +56,23 @@ def test_no_planted_identifier_reaches_the_reports(project):
     assert names and not any(name in text for name in names)
 
 
+def test_the_pseudonymisation_key_is_in_no_output_log_or_report(project):
+    """Every byte the run wrote (data, models, reports, logs, Snakemake's and DVC's records),
+    searched for the key it pseudonymised with, as text and as hex."""
+    from radflow.data.anonymise import DEMO_KEY
+
+    forms = (DEMO_KEY, DEMO_KEY.hex().encode())
+    written = [
+        path
+        for top in ("data", "models", "reports", "logs", ".snakemake", ".dvc", "dvclive")
+        for path in (project / top).rglob("*")
+        if path.is_file()
+    ]
+    assert len(written) > 100
+    leaks = [p for p in written if any(form in p.read_bytes() for form in forms)]
+    assert leaks == []
+
+
 def test_predict_scores_a_folder_with_the_trained_model(project, tmp_path):
     # outputs outside the shared clone, which other modules expect as `git clone` left it
     out = tmp_path / "preds.csv"

@@ -149,14 +149,17 @@ def test_csv_columns_and_label_map_come_from_params(tmp_path, rng):
     assert set(frame["patient_key_source"]) == {"filename-run"}
 
 
-def test_unmapped_label_is_an_error_naming_the_map(tmp_path, rng):
+def test_unmapped_label_quarantines_its_file_naming_the_map(tmp_path, rng):
     write_png(tmp_path / "images" / "1.jpg", rng.integers(0, 255, (8, 8)))
     pd.DataFrame({"path": ["1.jpg"], "label": ["7"]}).to_csv(tmp_path / "l.csv", index=False)
     source = sources.from_params(filled("data", {"raw_dir": str(tmp_path / "images"),
                                   "labels_csv": str(tmp_path / "l.csv"),
                                   "label_map": {"0": "a"}}))  # fmt: skip
-    with pytest.raises(sources.SourceError, match="label_map"):
-        ingest.ingest(source)
+    result = ingest.ingest(source)
+    assert result.manifest.empty
+    assert result.quarantine["reason"].tolist() == [
+        "label '7' has no entry in data.label_map: add it or remove the map"
+    ]
 
 
 def test_image_level_grouping_must_be_chosen_and_is_recorded(tmp_path, rng):

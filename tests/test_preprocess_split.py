@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from radflow.core import imaging
 from radflow.data import preprocess, split
 
 PP = {
@@ -43,14 +44,31 @@ def test_mask_resize_stays_binary_and_aligned():
     assert 3 <= ys.min() <= 5 and 19 <= xs.min() <= 21
 
 
-def test_mask_on_another_grid_is_an_error():
+def test_a_row_whose_mask_or_image_fails_is_quarantined_and_the_rest_go_on():
     rows = pd.DataFrame(
-        [{"source_path": "a", "format": "png", "modality": "mri", "mask_path": "m"}]
+        [
+            {"source_path": p, "format": "png", "modality": "mri", "mask_path": m}
+            for p, m in (("a", "m-small"), ("b", ""), ("broken", ""), ("c", "m"))
+        ]
     )
-    with pytest.raises(ValueError, match="pixel grid"):
-        preprocess.build_arrays(
-            rows, PP, lambda p, f: np.zeros((20, 20)), lambda p: np.zeros((10, 10), bool)
-        )
+
+    def pixels(path, fmt):
+        if path == "broken":
+            raise imaging.ImageReadError("pixel data cannot be decoded")
+        return np.arange(400.0).reshape(20, 20)
+
+    def mask(path):
+        return np.ones((10, 10) if path == "m-small" else (20, 20), bool)
+
+    done = preprocess.build_arrays(rows, PP, pixels, mask)
+    assert done.index["source_path"].tolist() == ["b", "c"]
+    assert done.index["array_index"].tolist() == [0, 1]
+    assert done.index["has_mask"].tolist() == [0, 1]
+    assert done.images.shape[0] == done.masks.shape[0] == 2
+    assert done.masks[0].sum() == 0 and done.masks[1].all()
+    reasons = {q.path: q.reason for q in done.quarantine}
+    assert set(reasons) == {"a", "broken"}
+    assert "pixel grid" in reasons["a"] and "decoded" in reasons["broken"]
 
 
 def _index(n_patients=30, per_patient=3, seed=0):

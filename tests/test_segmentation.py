@@ -344,9 +344,13 @@ def test_label_from_a_numeric_column_and_masks_from_their_own_folder(tmp_path):
     table = sources.labels_table(sources.from_params(filled("data", data)))
     assert table["label"].tolist() == ["no_tumour", "tumour"]
     assert table["mask"].tolist() == ["../masks/a.png", "../masks/b.png"]
-    (tmp_path / "s.csv").write_text("file,patient,pixels\na.png,P1,lots\n")
-    with pytest.raises(sources.SourceError, match="'pixels'.*non-numeric"):
-        sources.labels_table(sources.from_params(filled("data", data)))
+    (tmp_path / "s.csv").write_text("file,patient,pixels\na.png,P1,lots\nb.png,P1,3\n")
+    table = sources.labels_table(sources.from_params(filled("data", data)))
+    assert table["label"].tolist() == ["", "tumour"]
+    assert table["problem"].tolist() == [
+        "column 'pixels' (data.label_from.column) holds 'lots', not a number",
+        "",
+    ]
 
 
 def test_lgg_overlay_is_valid_and_enables_the_pretrained_unet():

@@ -84,9 +84,11 @@ def test_dicom_slice_position_runs_along_the_slice_normal():
     assert imaging.slice_position(pydicom.Dataset()) == ""
 
 
-def test_the_csv_slice_column_reaches_the_manifest_and_must_be_numeric(tmp_path):
+def test_the_csv_slice_column_reaches_the_manifest_and_a_non_number_quarantines_its_row(
+    tmp_path,
+):
     for value, name in enumerate(("p_1.png", "p_2.png")):
-        write_png(tmp_path / "images" / name, np.full((8, 8), value))
+        write_png(tmp_path / "images" / name, np.arange(64).reshape(8, 8) + value)
     (tmp_path / "s.csv").write_text("file,patient,n,y\np_1.png,P,1,a\np_2.png,P,2,a\n")
     data = {
         "raw_dir": str(tmp_path / "images"), "labels_csv": str(tmp_path / "s.csv"),
@@ -95,9 +97,11 @@ def test_the_csv_slice_column_reaches_the_manifest_and_must_be_numeric(tmp_path)
     }  # fmt: skip
     result = ingest.ingest(sources.from_params(filled("data", data)))
     assert sorted(result.manifest["slice_position"]) == ["1", "2"]
-    (tmp_path / "s.csv").write_text("file,patient,n,y\np_1.png,P,first,a\n")
-    with pytest.raises(sources.SourceError, match=r"'n' \(data.columns.slice\).*'first' in row 2"):
-        ingest.ingest(sources.from_params(filled("data", data)))
+    (tmp_path / "s.csv").write_text("file,patient,n,y\np_1.png,P,first,a\np_2.png,P,2,a\n")
+    result = ingest.ingest(sources.from_params(filled("data", data)))
+    assert result.manifest["slice_position"].tolist() == ["2"]
+    (reason,) = result.quarantine["reason"]
+    assert reason == "column 'n' (data.columns.slice) holds 'first', not a number"
 
 
 def test_the_lite0_encoder_takes_three_slices_on_the_unchanged_imagenet_stem():

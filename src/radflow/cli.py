@@ -165,19 +165,28 @@ def cmd_preprocess(args: argparse.Namespace, params: dict[str, Any]) -> None:
             f"radflow preprocess: no {args.modality} images in {args.manifest}; "
             "remove the modality from params.yaml modalities or add data"
         )
-    images, masks, index = preprocess.build_arrays(
+    done = preprocess.build_arrays(
         rows, params["preprocess"], imaging.load_pixels, imaging.load_mask
     )
     out = Path(args.out)
-    _save_npy(out / "images.npy", images)
-    _save_npy(out / "masks.npy", masks)
-    _write_csv(out / "index.csv", index)
+    _write_csv(out / "quarantine.csv", manifest_mod.quarantine_frame(done.quarantine))
     log.info(
-        "preprocess %s: %d images, %d with masks",
+        "preprocess %s: %d images -> %d arrays (%d with masks) + %d quarantined (%s)",
         args.modality,
-        len(index),
-        int(index["has_mask"].sum()),
+        len(rows),
+        len(done.index),
+        int(done.index["has_mask"].sum()),
+        len(done.quarantine),
+        out / "quarantine.csv",
     )
+    if done.index.empty:
+        raise SystemExit(
+            f"radflow preprocess: none of the {len(rows)} {args.modality} images could be "
+            f"prepared; the reasons are in {out / 'quarantine.csv'}"
+        )
+    _save_npy(out / "images.npy", done.images)
+    _save_npy(out / "masks.npy", done.masks)
+    _write_csv(out / "index.csv", done.index)
 
 
 def cmd_split(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -557,6 +566,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_dicom_reader() -> None:
+    """pydicom warns of each invalid header value by printing the value, and a value can name
+    a patient: radflow validates what it uses itself (imaging.check_dicom_image), so pydicom
+    accepts invalid values silently. Its pixel decoders log a traceback for each plugin that
+    fails on damaged data; the reason reaches the quarantine table instead."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
+
+
 # Errors that carry a message for the user; anything else is a bug and keeps its traceback.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -569,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_dicom_reader()
     try:
         wants_params = args.params and getattr(args, "params_loaded", True)
         params = params_mod.load(args.params) if wants_params else None

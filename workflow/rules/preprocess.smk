@@ -8,6 +8,7 @@ checkpoint preprocess:
         files="data/anonymised/files",
     output:
         **processed(),
+        quarantine="data/processed/{modality}/quarantine.csv",
     params:
         out=parent_dir("output", "index"),
     log:

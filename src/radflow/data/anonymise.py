@@ -77,6 +77,7 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
+from radflow.core import folders, imaging
 from radflow.core import manifest as mf
 from radflow.core import params as params_mod
 from radflow.core.fileio import atomic_write, atomic_write_text
@@ -251,6 +252,7 @@ class TreeSummary:
     quarantined: int
     audit_path: Path
     quarantine_path: Path
+    hidden: int = 0  # dot files and folders, passed over
 
 
 @dataclass
@@ -799,8 +801,24 @@ def _anonymise_row(
 def _deidentified_bytes(
     src: Path, key: bytes, patient_pseudonym: str | None, settings: Settings
 ) -> tuple[bytes, list[AuditEntry]]:
-    """Read, check, de-identify and encode one DICOM file; input problems -> _Quarantine."""
+    """Read, check, de-identify and encode one DICOM file; any problem with the input ->
+    _Quarantine. Only the exception's type is kept: its message could hold a value."""
+    try:
+        return _deidentify_file(src, key, patient_pseudonym, settings)
+    except (_Quarantine, MemoryError):
+        raise
+    except Exception as exc:  # a reader, a value, an encoder: this file's problem
+        raise _Quarantine(f"cannot de-identify: {type(exc).__name__}") from exc
+
+
+def _deidentify_file(
+    src: Path, key: bytes, patient_pseudonym: str | None, settings: Settings
+) -> tuple[bytes, list[AuditEntry]]:
     ds = _read_dicom(src)
+    try:
+        imaging.transfer_syntax(ds)
+    except imaging.ImageReadError as exc:
+        raise _Quarantine(str(exc)) from exc
     sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
     if sop_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise _Quarantine("DICOMDIR is not de-identified; rebuild it from the output files")
@@ -844,7 +862,7 @@ def _check_pixel_length(ds: Dataset) -> None:
     """A truncated file may still parse; refuse native pixel data shorter than declared."""
     if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None:
         return
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
+    if imaging.transfer_syntax(ds).is_compressed:
         return
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -952,9 +970,10 @@ def anonymise_tree(
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input folder {in_dir} does not exist")
     _refuse_overlap(in_dir, out_dir)
-    files = sorted(p for p in in_dir.rglob("*") if p.is_file())
+    walk = folders.walk(in_dir)
+    files = walk.files
     audit: list[dict] = []
-    quarantined: list[mf.Quarantined] = []
+    quarantined = [mf.Quarantined(path, STAGE, reason) for path, reason in walk.refused]
     for src in files:
         rel = src.relative_to(in_dir)
         try:
@@ -968,9 +987,15 @@ def anonymise_tree(
     audit_frame = pd.DataFrame(audit, columns=TREE_AUDIT_COLUMNS)
     atomic_write_text(audit_path, audit_frame.to_csv(index=False))
     atomic_write_text(quarantine_path, mf.quarantine_frame(quarantined).to_csv(index=False))
-    written = len(files) - len(quarantined)
-    log.info("anonymise tree: %d files written, %d quarantined", written, len(quarantined))
-    return TreeSummary(len(files), written, len(quarantined), audit_path, quarantine_path)
+    seen = len(files) + len(walk.refused)
+    written = seen - len(quarantined)
+    log.info(
+        "anonymise tree: %d files written, %d quarantined, %d hidden files passed over",
+        written,
+        len(quarantined),
+        walk.hidden,
+    )
+    return TreeSummary(seen, written, len(quarantined), audit_path, quarantine_path, walk.hidden)
 
 
 def _refuse_overlap(in_dir: Path, out_dir: Path) -> None:

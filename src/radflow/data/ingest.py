@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from radflow.core import imaging, manifest
+from radflow.core import folders, imaging, manifest
 from radflow.core.manifest import Quarantined
 from radflow.data import sources
 from radflow.data.sources import Source
@@ -34,27 +34,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def is_hidden(path: Path, root: Path) -> bool:
-    """Dot files and folders (.DS_Store, .snakemake_timestamp, .git) are not data."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def find_files(root: Path, exclude: set[Path]) -> tuple[list[Path], int]:
-    """Every regular file under root, sorted, minus the labels CSV, masks and hidden files.
-
-    Returns the files and how many hidden files were passed over (logged, never silent).
-    """
-    files, hidden = [], 0
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.resolve() in exclude:
-            continue
-        if is_hidden(path, root):
-            hidden += 1
-        else:
-            files.append(path)
-    return files, hidden
 
 
 def inspect_file(path: Path, fmt: str, patient_attribute: str = "PatientID") -> dict[str, object]:
@@ -97,30 +76,35 @@ def ingest(source: Source) -> IngestResult:
     labels = sources.labels_table(source)
     masks = {(raw_dir / m).resolve() for m in labels["mask"] if m}
     exclude = masks | ({source.labels_csv.resolve()} if source.labels_csv else set())
-    files, hidden = find_files(raw_dir, exclude)
+    walk = folders.walk(raw_dir, source.root, frozenset(exclude))
     rows: list[dict[str, object]] = []
-    quarantine: list[Quarantined] = []
+    quarantine = [Quarantined(path, STAGE, reason) for path, reason in walk.refused]
     seen: dict[str, str] = {}
-    for path in files:
+    for path in walk.files:
         rel = path.relative_to(raw_dir).as_posix()
         row, reason = _ingest_one(path, rel, source, labels, seen)
         if reason:
             quarantine.append(Quarantined(str(path), STAGE, reason))
         else:
             rows.append(row)
-    found = {p.relative_to(raw_dir).as_posix() for p in files}
+    walked = [*walk.files, *(Path(p) for p, _ in walk.refused)]  # all under raw_dir
+    found = {p.relative_to(raw_dir).as_posix() for p in walked}
     missing = [rel for rel in labels.index if rel not in found]
     for rel in missing:
-        quarantine.append(
-            Quarantined(str(raw_dir / rel), STAGE, "listed in the labels but not found")
-        )
+        quarantine.append(Quarantined(str(raw_dir / rel), STAGE, _missing_reason(rel)))
     frame = manifest.conform(pd.DataFrame(rows)) if rows else manifest.empty()
     return IngestResult(
         manifest=frame,
         quarantine=manifest.quarantine_frame(quarantine),
-        inputs=len(files) + len(missing),
-        hidden=hidden,
+        inputs=len(walk.files) + len(walk.refused) + len(missing),
+        hidden=walk.hidden,
     )
+
+
+def _missing_reason(rel: str) -> str:
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return "the labels name a path outside data.raw_dir: paths must be relative, inside it"
+    return "listed in the labels but not found"
 
 
 def _ingest_one(
@@ -133,12 +117,18 @@ def _ingest_one(
     rule = source.patient
     try:
         facts = inspect_file(path, fmt, rule.dicom_attribute)
+        digest = sha256_file(path)
     except imaging.ImageReadError as exc:
         return {}, str(exc)
-    digest = sha256_file(path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # any reader's failure on one file is that file's problem
+        return {}, f"cannot be read ({imaging.first_line(exc)}): re-export or remove it"
     if digest in seen:
         return {}, f"byte-identical duplicate of {seen[digest]}"
     entry = labels.loc[rel] if rel in labels.index else None
+    if entry is not None and entry["problem"]:
+        return {}, str(entry["problem"])
     label = "" if entry is None else str(entry["label"])
     if not label:
         return {}, "no label: add the file to the labels (data.labels_csv or class folder)"
@@ -150,9 +140,13 @@ def _ingest_one(
     patient, provenance = _patient_key(rule, facts.pop("patient_key"), entry, path, digest)
     if not patient:
         return {}, f"no patient key by data.patient_key ({rule.source}); see README"
+    classes = source.classes.get(modality)
+    if classes and label not in classes:
+        return {}, _label_reason(label, modality, classes)
     mask = _column(entry, "mask")
-    if mask and not (source.raw_dir / mask).is_file():
-        return {}, f"mask {mask} listed in the labels not found"
+    reason = _mask_reason(source, mask, (int(facts["rows"]), int(facts["cols"]))) if mask else ""
+    if reason:
+        return {}, reason
     seen[digest] = rel
     return {
         **facts,
@@ -181,6 +175,31 @@ def _patient_key(
     if rule.source == "dicom" and header:
         return header, "dicom"
     return _column(entry, "patient_id"), "column"
+
+
+def _label_reason(label: str, modality: str, classes: tuple[str, ...]) -> str:
+    near = [c for c in classes if c.casefold() == label.strip().casefold()]
+    hint = f" (did you mean {near[0]!r}? fix the CSV or map it in data.label_map)" if near else ""
+    return f"label {label!r} is not one of data.classes.{modality} {list(classes)}{hint}"
+
+
+def _mask_reason(source: Source, mask: str, shape: tuple[int, int]) -> str:
+    """Why the labels' mask cannot go with its image ("" when it can): it must lie inside
+    data.root, be readable and share the image's pixel grid."""
+    path = source.raw_dir / mask
+    if not folders.inside(path, source.root):
+        return f"mask {mask} lies outside data.root: masks are read only from inside it"
+    if not path.is_file():
+        return f"mask {mask} listed in the labels not found"
+    try:
+        grid = imaging.load_mask(path).shape
+    except MemoryError:
+        raise
+    except Exception as exc:
+        return f"mask {mask} cannot be read ({imaging.first_line(exc)})"
+    if grid != shape:
+        return f"mask {mask} is {grid[0]} x {grid[1]} but its image {shape[0]} x {shape[1]}"
+    return ""
 
 
 def _column(entry: pd.Series | None, name: str) -> str:

@@ -7,12 +7,17 @@ so new images meet the model exactly as the training images did.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from monai.transforms import Resize, SpatialPad
+
+from radflow.core.imaging import first_line
+from radflow.core.manifest import Quarantined
+
+STAGE = "preprocess"
 
 PixelLoader = Callable[[str, str], np.ndarray]
 MaskLoader = Callable[[str], np.ndarray]
@@ -61,28 +66,63 @@ def box_to_processed(box: str, shape: tuple[int, ...], size: int) -> str:
     return " ".join(f"{min(max(v, 0.0), size):.2f}" for v in (mx0, my0, mx1, my1))
 
 
+class Processed(NamedTuple):
+    """One modality's arrays, their index table (one row per array slot) and the manifest
+    rows that could not be prepared (rows in = index rows + quarantined)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    index: pd.DataFrame
+    quarantine: list[Quarantined]
+
+
 def build_arrays(
     rows: pd.DataFrame, pp: dict[str, Any], load_pixels: PixelLoader, load_mask: MaskLoader
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Images, masks and the index table for one modality's manifest rows."""
+) -> Processed:
+    """Images, masks and the index table for one modality's manifest rows; a row whose image
+    or mask cannot be read or prepared is quarantined with the reason, and the rest go on."""
     size = pp["image_size"]
     images = np.zeros((len(rows), size, size), dtype=np.uint8)
     masks = np.zeros_like(images)
     boxes = [""] * len(rows)
+    kept: list[int] = []
+    quarantine: list[Quarantined] = []
     for i, row in enumerate(rows.itertuples(index=False)):
-        pixels = load_pixels(row.source_path, row.format)
-        images[i] = prepare_image(pixels, row.modality, pp)
-        boxes[i] = box_to_processed(getattr(row, "box", ""), pixels.shape, size)
-        if row.mask_path:
-            mask = load_mask(row.mask_path)
-            if mask.shape != pixels.shape:
-                raise ValueError(
-                    f"mask {row.mask_path} has shape {mask.shape} but its image "
-                    f"{row.source_path} has {pixels.shape}; masks must share the pixel grid"
-                )
-            masks[i] = prepare_mask(mask, size)
-    index = rows.copy()
-    index["array_index"] = np.arange(len(rows))
-    index["has_mask"] = (rows["mask_path"] != "").astype(int).to_numpy()
-    index["box"] = boxes
-    return images, masks, index
+        slot = len(kept)
+        try:
+            boxes[slot] = _prepare_row(row, pp, load_pixels, load_mask, images[slot], masks[slot])
+        except MemoryError:
+            raise
+        except Exception as exc:  # this row's file: quarantined, the others go on
+            masks[slot] = 0
+            reason = str(exc) if isinstance(exc, ValueError) else first_line(exc)
+            quarantine.append(Quarantined(str(row.source_path), STAGE, reason))
+            continue
+        kept.append(i)
+    index = rows.iloc[kept].reset_index(drop=True)
+    index["array_index"] = np.arange(len(kept))
+    index["has_mask"] = (index["mask_path"] != "").astype(int).to_numpy()
+    index["box"] = boxes[: len(kept)]
+    return Processed(images[: len(kept)].copy(), masks[: len(kept)].copy(), index, quarantine)
+
+
+def _prepare_row(
+    row: Any,
+    pp: dict[str, Any],
+    load_pixels: PixelLoader,
+    load_mask: MaskLoader,
+    image_out: np.ndarray,
+    mask_out: np.ndarray,
+) -> str:
+    """Fill one image slot (and its mask); returns the box mapped onto the array's grid."""
+    pixels = load_pixels(row.source_path, row.format)
+    image_out[:] = prepare_image(pixels, row.modality, pp)
+    if row.mask_path:
+        mask = load_mask(row.mask_path)
+        if mask.shape != pixels.shape:
+            raise ValueError(
+                f"mask {row.mask_path} has shape {mask.shape} but its image "
+                f"{row.source_path} has {pixels.shape}; masks must share the pixel grid"
+            )
+        mask_out[:] = prepare_mask(mask, pp["image_size"])
+    return box_to_processed(getattr(row, "box", ""), pixels.shape, pp["image_size"])

@@ -61,17 +61,14 @@ class PatientRule:
         return self.source
 
 
-def numeric(values: pd.Series, where: Path, column: str, key: str) -> pd.Series:
-    """A labels-CSV column as numbers, or an error naming the column, its params key and the
-    first bad row."""
+def numeric(values: pd.Series, column: str, key: str) -> tuple[pd.Series, pd.Series]:
+    """A labels-CSV column as numbers (NaN where not one) and, per row, the problem ("" when
+    none) naming the column and its params key."""
     numbers = pd.to_numeric(values, errors="coerce").astype(float)
-    bad = values[~np.isfinite(numbers.to_numpy())]
-    if len(bad):
-        raise SourceError(
-            f"labels CSV {where}: column '{column}' ({key}) holds {len(bad)} non-numeric "
-            f"value(s), first {bad.iloc[0]!r} in row {int(bad.index[0]) + 2}"
-        )
-    return numbers
+    bad = ~np.isfinite(numbers.to_numpy())
+    problems = pd.Series("", index=values.index, dtype=object)
+    problems[bad] = [f"column '{column}' ({key}) holds {v!r}, not a number" for v in values[bad]]
+    return numbers, problems
 
 
 @dataclass(frozen=True)
@@ -83,9 +80,11 @@ class LabelRule:
     above: str
     otherwise: str
 
-    def apply(self, values: pd.Series, where: Path) -> pd.Series:
-        numbers = numeric(values, where, self.column, "data.label_from.column")
-        return numbers.map(lambda v: self.above if v > self.threshold else self.otherwise)
+    def apply(self, values: pd.Series) -> tuple[pd.Series, pd.Series]:
+        """The labels ("" where the value is no number) and the rows' problems."""
+        numbers, problems = numeric(values, self.column, "data.label_from.column")
+        labels = numbers.map(lambda v: self.above if v > self.threshold else self.otherwise)
+        return labels.where(problems == "", ""), problems
 
 
 @dataclass(frozen=True)
@@ -95,18 +94,19 @@ class BoxRule:
     columns: tuple[str, str, str, str]
     format: str  # cxcywh | xywh | xyxy
 
-    def apply(self, raw: pd.DataFrame, where: Path) -> pd.Series:
+    def apply(self, raw: pd.DataFrame, where: Path) -> tuple[pd.Series, pd.Series]:
+        """The boxes ("" where a row has none) and the rows' problems."""
         missing = [c for c in self.columns if c not in raw.columns]
         if missing:
             raise SourceError(f"labels CSV {where} lacks the box column(s) {missing} (data.boxes)")
         present = raw[list(self.columns)].apply(lambda col: col.str.strip() != "").all(axis=1)
         values = raw[list(self.columns)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        bad = np.flatnonzero(present.to_numpy() & ~np.isfinite(values).all(axis=1))
-        if len(bad):
-            raise SourceError(
-                f"labels CSV {where}: row {int(bad[0]) + 2} has a non-numeric box value "
-                f"in {list(self.columns)} (data.boxes)"
-            )
+        bad = present.to_numpy() & ~np.isfinite(values).all(axis=1)
+        problems = pd.Series(
+            np.where(bad, f"a non-numeric box value in {list(self.columns)} (data.boxes)", ""),
+            index=raw.index,
+            dtype=object,
+        )
         a, b, c, d = values.T
         if self.format == "cxcywh":
             corners = np.stack([a - c / 2, b - d / 2, a + c / 2, b + d / 2], axis=1)
@@ -114,13 +114,14 @@ class BoxRule:
             corners = np.stack([a, b, a + c, b + d], axis=1)
         else:
             corners = values
-        return pd.Series(
+        boxes = pd.Series(
             [
-                " ".join(f"{v:g}" for v in box) if ok else ""
-                for box, ok in zip(corners, present, strict=True)
+                " ".join(f"{v:g}" for v in box) if ok and not wrong else ""
+                for box, ok, wrong in zip(corners, present, bad, strict=True)
             ],
             index=raw.index,
         )
+        return boxes, problems
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class Source:
     label_rule: LabelRule | None = None
     mask_dir: Path | None = None
     box_rule: BoxRule | None = None
+    root: Path = Path(".")  # data.root: nothing outside it is read
+    classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def from_params(data: dict[str, Any]) -> Source:
@@ -174,6 +177,8 @@ def from_params(data: dict[str, Any]) -> Source:
         label_rule=label_rule,
         mask_dir=Path(data["mask_dir"]) if data["mask_dir"] else None,
         box_rule=_box_rule(data),
+        root=Path(data.get("root") or data["raw_dir"]),  # required by the schema
+        classes={m: tuple(str(c) for c in names) for m, names in data["classes"].items()},
     )
 
 
@@ -187,17 +192,19 @@ def _box_rule(data: dict[str, Any]) -> BoxRule | None:
 
 
 def labels_table(source: Source) -> pd.DataFrame:
-    """Canonical labels (columns CANONICAL) indexed by the path relative to raw_dir."""
+    """Canonical labels (columns CANONICAL, box, problem) indexed by the path relative to
+    raw_dir, one row per path. `problem` is why a row cannot be used ("" when it can):
+    ingest quarantines that row's file with it, so one bad row never stops the stage."""
     if source.layout == "class_folders":
         table = _class_folders(source.raw_dir)
     else:
         table = _labels_csv(source)
     if source.label_map:
-        unmapped = sorted(set(table["label"]) - set(source.label_map) - {""})
-        if unmapped:
-            raise SourceError(
-                f"labels {unmapped[:5]} have no entry in data.label_map; add them or remove the map"
-            )
+        unmapped = (table["label"] != "") & ~table["label"].isin(list(source.label_map))
+        table.loc[unmapped & (table["problem"] == ""), "problem"] = [
+            f"label {v!r} has no entry in data.label_map: add it or remove the map"
+            for v in table.loc[unmapped & (table["problem"] == ""), "label"]
+        ]
         table["label"] = table["label"].map(lambda v: source.label_map.get(v, v))
     return table.set_index("path", drop=False)
 
@@ -211,13 +218,14 @@ def _labels_csv(source: Source) -> pd.DataFrame:
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     out = pd.DataFrame(index=raw.index)
     rule = source.label_rule
+    label_problems = pd.Series("", index=raw.index, dtype=object)
     for canonical, column in source.columns.items():
         if canonical == "label" and rule is not None:
             if rule.column not in raw.columns:
                 raise SourceError(
                     f"labels CSV {path} lacks the column '{rule.column}' (data.label_from.column)"
                 )
-            out["label"] = rule.apply(raw[rule.column], path)
+            out["label"], label_problems = rule.apply(raw[rule.column])
         elif column in raw.columns:
             out[canonical] = raw[column].astype(str)
         elif canonical in ("path", "label"):
@@ -227,18 +235,31 @@ def _labels_csv(source: Source) -> pd.DataFrame:
         else:
             out[canonical] = ""
     slices = out["slice"][out["slice"].str.strip() != ""]  # a slice number is optional
-    numeric(slices, path, source.columns["slice"], "data.columns.slice")
-    out["box"] = source.box_rule.apply(raw, path) if source.box_rule else ""
+    _, slice_problems = numeric(slices, source.columns["slice"], "data.columns.slice")
+    out["box"], box_problems = (
+        source.box_rule.apply(raw, path) if source.box_rule else ("", pd.Series(dtype=object))
+    )
+    out["problem"] = [
+        next((p for p in found if p), "")
+        for found in zip(
+            label_problems,
+            slice_problems.reindex(raw.index, fill_value=""),
+            box_problems.reindex(raw.index, fill_value=""),
+            strict=True,
+        )
+    ]
     if source.mask_dir is not None:
         # Mask paths are relative to raw_dir downstream (ingest); rewrite them from mask_dir.
         out["mask"] = [
             Path(os.path.relpath(source.mask_dir / m, source.raw_dir)).as_posix() if m else ""
             for m in out["mask"]
         ]
-    dup = out["path"][out["path"].duplicated()]
-    if len(dup):
-        raise SourceError(f"labels CSV {path} lists {dup.iloc[0]} more than once")
-    return out
+    repeated = out["path"].duplicated(keep=False)
+    out.loc[repeated, "problem"] = [
+        f"listed in {int(n)} rows of the labels CSV: keep one"
+        for n in out.loc[repeated, "path"].map(out["path"].value_counts())
+    ]
+    return out.drop_duplicates("path")
 
 
 def _class_folders(root: Path) -> pd.DataFrame:
@@ -252,6 +273,6 @@ def _class_folders(root: Path) -> pd.DataFrame:
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     table = pd.DataFrame(rows, columns=["path", "label"])
-    for column in (*CANONICAL[2:], "box"):
+    for column in (*CANONICAL[2:], "box", "problem"):
         table[column] = ""
     return table

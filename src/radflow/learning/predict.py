@@ -3,6 +3,7 @@ as in training."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,18 +13,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radflow.core import imaging, volumes
+from radflow.core import folders, imaging, volumes
 from radflow.data.preprocess import prepare_image
 from radflow.learning.calibration import decide
 from radflow.learning.classifier import predict_probs
 from radflow.learning.models import load_model
 
 
-def image_files(root: Path) -> list[Path]:
-    """Every DICOM / PNG / JPEG / NIfTI file under root, sorted."""
+def image_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every DICOM / PNG / JPEG / NIfTI file under root, sorted, and the entries refused
+    (links outside the folder, pipes, undecodable names: folders.walk) with the reason."""
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} not found")
-    return sorted(p for p in root.rglob("*") if p.is_file() and imaging.detect_format(p))
+    walk = folders.walk(root)
+    return [p for p in walk.files if imaging.detect_format(p)], walk.refused
+
+
+def _prepared(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | str:
+    """(source pixels, model-ready image), or why this file cannot be predicted."""
+    try:
+        pixels = imaging.load_pixels(path)
+        return pixels, prepare_image(pixels, meta["modality"], meta["preprocess"])
+    except imaging.ImageReadError as exc:
+        return str(exc)
+    except MemoryError:
+        raise
+    except Exception as exc:  # one unreadable file gets its error row; the others go on
+        return f"cannot be read ({imaging.first_line(exc)})"
 
 
 def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
@@ -36,16 +52,16 @@ def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
     if meta["task"] != "classifier":
         raise ValueError(f"{model_dir} is a {meta['task']}; predict needs a classifier")
     classes = meta["classes"]
-    paths, arrays, errors = image_files(root), [], []
-    for path in paths:
-        try:
-            arrays.append(
-                prepare_image(imaging.load_pixels(path), meta["modality"], meta["preprocess"])
-            )
-            errors.append("")
-        except imaging.ImageReadError as exc:
-            arrays.append(None)
-            errors.append(str(exc))
+    images, refused = image_files(root)
+    paths: list[Path | str] = [*images, *(shown for shown, _ in refused)]
+    arrays: list[np.ndarray | None] = []
+    errors: list[str] = []
+    for path in images:
+        ready = _prepared(path, meta)
+        arrays.append(None if isinstance(ready, str) else ready[1])
+        errors.append(ready if isinstance(ready, str) else "")
+    arrays.extend(None for _ in refused)
+    errors.extend(reason for _, reason in refused)
     ok = [i for i, a in enumerate(arrays) if a is not None]
     probs = np.full((len(paths), len(classes)), np.nan)
     if ok:
@@ -105,7 +121,9 @@ def segment_folder(
     model, meta = load_model(model_dir)
     if meta["task"] != "segmenter":
         raise ValueError(f"{model_dir} is a {meta['task']}; this needs a segmenter")
-    paths = image_files(root)
+    paths, refused = image_files(root)
+    for shown, reason in refused:
+        yield _error_row(os.path.relpath(shown, root), reason)
     stems: dict[str, str] = {}
     for path in paths:
         rel = path.relative_to(root).as_posix()
@@ -126,15 +144,14 @@ def segment_folder(
         ready = []
         for path in group:
             rel = path.relative_to(root).as_posix()
-            try:
-                pixels = imaging.load_pixels(path)
-                header = None
-                if imaging.detect_format(path) == "dicom":
-                    header = imaging.read_dicom(path, pixels=False)
-                prepared = prepare_image(pixels, meta["modality"], meta["preprocess"])
-                ready.append((rel, pixels.shape, header, prepared))
-            except imaging.ImageReadError as exc:
-                yield _error_row(rel, str(exc))
+            done = _prepared(path, meta)
+            if isinstance(done, str):
+                yield _error_row(rel, done)
+                continue
+            header = None
+            if imaging.detect_format(path) == "dicom":  # read fine just above
+                header = imaging.read_dicom(path, pixels=False)
+            ready.append((rel, done[0].shape, header, done[1]))
         if not ready:
             continue
         images = np.stack([r[3] for r in ready])
@@ -206,11 +223,13 @@ def _slice_place(path: Path, root: Path) -> tuple[str | None, float]:
     if imaging.detect_format(path) == "dicom":
         try:
             header = imaging.read_dicom(path, pixels=False)
-        except imaging.ImageReadError:
+            position = imaging.slice_position(header)
+            series = str(getattr(header, "SeriesInstanceUID", "") or path.parent)
+            return (f"dicom:{series}", float(position)) if position else (None, 0.0)
+        except MemoryError:
+            raise
+        except Exception:
             return f"unreadable:{path}", 0.0  # reading it again reports why
-        position = imaging.slice_position(header)
-        series = str(getattr(header, "SeriesInstanceUID", "") or path.parent)
-        return (f"dicom:{series}", float(position)) if position else (None, 0.0)
     if imaging.detect_format(path) == "nifti":
         return None, 0.0  # a volume of its own, read as its middle slice
     match = TRAILING_NUMBER.match(output_stem(path.relative_to(root).as_posix()))
