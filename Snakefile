@@ -62,8 +62,19 @@ include: "workflow/rules/report.smk"
 
 # After every rule's inputs (settings files included) are written: see align_with_dvc.
 align_with_dvc()
+# Locks a killed run left behind; then, once jobs are to run, DVC's lock (common.smk).
+clear_stale_locks()
+
+
+onstart:
+    hold_dvc_lock()
+
+
+onerror:
+    release_dvc_lock()
 
 
 onsuccess:
+    release_dvc_lock()
     dvc_commit()
     print(f"radflow report: {os.path.abspath('reports/index.html')}")

@@ -143,17 +143,18 @@ def parent_dir(io, name):
     return lambda wildcards, output: os.path.dirname(output[name])
 
 
-def _load_codegraph():
-    """src/radflow/core/codegraph.py, loaded by path: it needs only the standard library, so
-    the Snakefile reads the import graph without radflow installed (as under --use-conda)."""
-    path = os.path.join(workflow.basedir, "src", "radflow", "core", "codegraph.py")
-    spec = importlib.util.spec_from_file_location("radflow_codegraph", path)
+def _load_core(name):
+    """src/radflow/core/<name>.py, loaded by path: it needs only the standard library, so
+    the Snakefile runs it without radflow installed (as under --use-conda)."""
+    path = os.path.join(workflow.basedir, "src", "radflow", "core", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"radflow_{name}", path)
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
     return loaded
 
 
-CODEGRAPH = _load_codegraph()
+CODEGRAPH = _load_core("codegraph")
+PROCESSES = _load_core("processes")
 # One small file per stage holding the params it reads (and, for a user folder, a
 # fingerprint of that folder's files): a stage input whose modification time changes exactly
 # when its content does (docs/CACHING.md).
@@ -373,3 +374,50 @@ def align_with_dvc():
         touched += 1
     if touched:
         logger.info(f"radflow: {touched} stages up to date in DVC, their output times aligned")
+
+
+# ----------------------------------------------------------------- one run at a time in a folder
+
+DVC_LOCK = ".dvc/tmp/lock"
+_DVC_LOCK_HELD = []
+
+
+def clear_stale_locks():
+    """A killed Snakemake (kill -9, a lost session, a power cut) leaves its locks, and the
+    next run would stop and ask for --unlock. With no other Snakemake in this folder they
+    are stale: removed, and said, so the same command resumes. While another run is active,
+    they stay and Snakemake stops this one ("Directory cannot be locked")."""
+    if not workflow.is_main_process:
+        return
+    locks = sorted(Path(".snakemake/locks").glob("*.lock"))
+    if not locks or PROCESSES.others_running(b"snakemake", os.getcwd()) is not False:
+        return
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    logger.warning(
+        "radflow: removed the locks an interrupted Snakemake run left here (no other "
+        "Snakemake runs in this folder); its unfinished jobs run again, training from its "
+        "last checkpoint"
+    )
+
+
+def hold_dvc_lock():
+    """Hold DVC's repository lock while the jobs run: `dvc repro` or `dvc exp run` started
+    meanwhile in this folder stops with DVC's "Unable to acquire lock", and a Snakemake run
+    started while DVC runs stops here, so two writers never mix their outputs. It is an OS
+    file lock (zc.lockfile, as DVC's own): the end of the process releases it, even kill -9."""
+    import zc.lockfile
+
+    os.makedirs(os.path.dirname(DVC_LOCK), exist_ok=True)
+    try:
+        _DVC_LOCK_HELD.append(zc.lockfile.LockFile(DVC_LOCK))
+    except zc.lockfile.LockError:
+        raise WorkflowError(
+            f"DVC is running in this folder ({DVC_LOCK} is held: dvc repro, dvc exp run or "
+            "dvc commit): wait until it ends, then run Snakemake again"
+        ) from None
+
+
+def release_dvc_lock():
+    while _DVC_LOCK_HELD:
+        _DVC_LOCK_HELD.pop().close()

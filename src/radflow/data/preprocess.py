@@ -103,7 +103,8 @@ def build_arrays(
     index["array_index"] = np.arange(len(kept))
     index["has_mask"] = (index["mask_path"] != "").astype(int).to_numpy()
     index["box"] = boxes[: len(kept)]
-    return Processed(images[: len(kept)].copy(), masks[: len(kept)].copy(), index, quarantine)
+    # the leading slots: views, not copies (the arrays are the stage's largest memory)
+    return Processed(images[: len(kept)], masks[: len(kept)], index, quarantine)
 
 
 def _prepare_row(
