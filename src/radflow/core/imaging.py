@@ -96,7 +96,9 @@ def check_dicom_image(ds: pydicom.Dataset) -> int:
             raise ImageReadError(f"pixel data is not encapsulated, as {syntax.name} requires")
         decoder = pixels_api.get_decoder(syntax)
         if not decoder.is_available:
-            raise ImageReadError(f"no decoder for {syntax.name} is installed (see README)")
+            raise ImageReadError(
+                f"no decoder for {syntax.name} is installed: pip install pylibjpeg[all]"
+            )
     elif len(data) < -(-rows * cols * samples * frames * allocated // 8):
         raise ImageReadError("truncated pixel data (shorter than Rows x Columns x frames)")
     return frames

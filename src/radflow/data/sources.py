@@ -200,10 +200,11 @@ def labels_table(source: Source) -> pd.DataFrame:
     else:
         table = _labels_csv(source)
     if source.label_map:
-        unmapped = (table["label"] != "") & ~table["label"].isin(list(source.label_map))
-        table.loc[unmapped & (table["problem"] == ""), "problem"] = [
+        known = table["label"].isin(list(source.label_map))
+        unmapped = (table["label"] != "") & ~known & (table["problem"] == "")
+        table.loc[unmapped, "problem"] = [
             f"label {v!r} has no entry in data.label_map: add it or remove the map"
-            for v in table.loc[unmapped & (table["problem"] == ""), "label"]
+            for v in table.loc[unmapped, "label"]
         ]
         table["label"] = table["label"].map(lambda v: source.label_map.get(v, v))
     return table.set_index("path", drop=False)
