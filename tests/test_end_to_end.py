@@ -39,6 +39,8 @@ def test_metrics_are_sane_and_carry_intervals(project):
 def test_models_record_their_pretrained_origin(project):
     meta = json.loads((project / "models/ct/classifier/meta.json").read_text())
     assert "ImageNet" in meta["weights_origin"] and meta["trained"]
+    prior = meta["val_prior"]
+    assert len(prior) == len(meta["classes"]) and sum(prior) == pytest.approx(1)
 
 
 def test_no_planted_identifier_reaches_the_reports(project):
@@ -88,6 +90,15 @@ def test_predict_scores_a_folder_with_the_trained_model(project, tmp_path):
     assert {"path", "prob_normal", "prob_opacity", "pred_label"} <= set(preds.columns)
     assert (preds["error"] == "").all()
     assert ((preds["prob_normal"] + preds["prob_opacity"]).round(4) == 1).all()
+    adapted_out = tmp_path / "adapted.csv"
+    run(
+        ["radflow", "predict", "--model", "models/xray/classifier", "--adapt-prevalence",
+         "--images", "data/raw/demo/xray", "--out", str(adapted_out)],
+        project,
+    )  # fmt: skip
+    adapted = pd.read_csv(adapted_out, keep_default_na=False)
+    prior = adapted[["batch_prior_normal", "batch_prior_opacity"]].iloc[0]
+    assert prior.sum() == pytest.approx(1.0) and adapted["path"].tolist() == preds["path"].tolist()
 
 
 def test_snakemake_report_collects_the_captioned_results(project, tmp_path):

@@ -1,7 +1,8 @@
 """Interruption and concurrency on the user's git clone (issue 16): `kill -9` of a Snakemake
 run during training, then the same command again, resumes from the training checkpoint and
 ends with the metrics of an uninterrupted run; a second run in the same folder, Snakemake or
-DVC, stops with a clear message while the first goes on untouched."""
+DVC (`dvc status`, `dvc repro`: the same repository lock), stops with a clear message while
+the first goes on untouched."""
 
 from __future__ import annotations
 
@@ -68,11 +69,13 @@ def test_a_second_run_in_the_folder_stops_with_a_clear_message_and_spares_the_fi
     # through explanation and report: still running while the second runs are tried
     first = _start([str(BIN / "snakemake"), "--cores", "1", *RETRAIN, "reports/ct.html"], work)
     _wait_for(work / "models/ct/.classifier.checkpoint.pt", first)  # its jobs are running
+    # DVC first: `dvc status` takes the same repository lock as `dvc repro`, and would do
+    # no harm if it got it
+    dvc = run(["dvc", "status"], work, check=False)
+    assert dvc.returncode != 0 and "Unable to acquire lock" in dvc.stderr
     second = run(["snakemake", "--cores", "1", *RETRAIN, TARGET], work, check=False)
     assert second.returncode != 0
     assert "cannot be locked" in second.stdout + second.stderr
-    dvc = run(["dvc", "repro"], work, check=False)
-    assert dvc.returncode != 0 and "Unable to acquire lock" in dvc.stderr
     assert first.wait(timeout=900) == 0, (work / "first-run.log").read_text()[-3000:]
     expected = json.loads((demo_clone / TARGET).read_text())
     assert json.loads((work / TARGET).read_text())["classification"] == expected["classification"]

@@ -145,6 +145,16 @@ def test_saved_model_reloads_and_predicts_a_folder(tmp_path):
     assert list(table.columns[:3]) == ["path", "prob_neg", "prob_pos"]
     assert len(table) == 3
     np.testing.assert_allclose(table[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="val_prior"):  # a model from before the prior
+        predict.predict_folder(tmp_path / "m", tmp_path / "imgs", adapt_prevalence=True)
+    models.save_model(tmp_path / "m2", result.state, meta | {"val_prior": [0.5, 0.5]},
+                      result.history)  # fmt: skip
+    adapted = predict.predict_folder(tmp_path / "m2", tmp_path / "imgs", adapt_prevalence=True)
+    priors = adapted[["batch_prior_neg", "batch_prior_pos"]].to_numpy()
+    assert np.allclose(priors, priors[0]) and priors[0].sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(adapted[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
+    shifted = priors[0, 1] > 0.5
+    assert (adapted["prob_pos"] >= table["prob_pos"]).all() == shifted  # moved with the mix
 
 
 def test_training_resumes_from_the_last_checkpoint_after_an_interruption(

@@ -400,7 +400,7 @@ def cmd_predict(args: argparse.Namespace, params: dict[str, Any] | None) -> None
     if meta_path.exists() and read_json(meta_path).get("task") == "segmenter":
         _predict_masks(Path(args.model), Path(args.images), Path(args.out))
         return
-    table = predict.predict_folder(Path(args.model), Path(args.images))
+    table = predict.predict_folder(Path(args.model), Path(args.images), args.adapt_prevalence)
     _write_csv(Path(args.out), table)
     log.info("predict: %d images -> %s", len(table), args.out)
 
@@ -561,6 +561,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="classifier: CSV, path and one probability per class; segmenter: a folder for "
         "one mask PNG (0/255), NIfTI (and DICOM SEG for DICOM) per image and masks.csv",
+    )
+    p.add_argument(
+        "--adapt-prevalence",
+        action="store_true",
+        help="classifier: estimate the folder's class mix from its own predictions (EM, "
+        "Saerens et al. 2002) and decide on probabilities reweighted to it; recorded in "
+        "batch_prior_<class> columns. Assumes only the mix changed (off by default)",
     )
     p.set_defaults(handler=cmd_predict, params=None)
     return parser

@@ -216,6 +216,10 @@ def train_stage(
     meta |= {"arch": cfg["backbone"], "classes": classes, "weights_origin": origin}
     meta |= {"lesion_attention": float(cfg["lesion_attention"])}
     meta |= {"output_stride": stride}
+    # the class mix the calibrated probabilities hold for, one pseudo-count per class (no
+    # class at 0): what `radflow predict --adapt-prevalence` reweights from
+    counts = np.bincount(labels[val_idx], minlength=len(classes)) + 1.0
+    meta |= {"val_prior": (counts / counts.sum()).tolist()}
     meta |= decide(val_logits, labels[val_idx], decision)
     meta |= result.summary()
     return engine.TrainedModel(result.state, meta, result.history)

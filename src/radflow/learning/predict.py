@@ -3,6 +3,7 @@ as in training."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -15,9 +16,12 @@ import pandas as pd
 
 from radflow.core import folders, imaging, volumes
 from radflow.data.preprocess import prepare_image
+from radflow.learning import label_shift
 from radflow.learning.calibration import decide
 from radflow.learning.classifier import predict_probs
 from radflow.learning.models import load_model
+
+log = logging.getLogger(__name__)
 
 
 def image_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -42,11 +46,14 @@ def _prepared(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
         return f"cannot be read ({imaging.first_line(exc)})"
 
 
-def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
+def predict_folder(model_dir: Path, root: Path, adapt_prevalence: bool = False) -> pd.DataFrame:
     """One row per image: path, one prob_<class> column per class, the predicted label
     (at the operating threshold chosen on validation for binary models).
 
     Unreadable images get a row with an `error` and no probabilities, so none is lost.
+    adapt_prevalence: estimate the folder's class mix from its own probabilities and
+    reweight them to it (learning.label_shift) before deciding; the estimate is recorded in
+    `batch_prior_<class>` columns.
     """
     model, meta = load_model(model_dir)
     if meta["task"] != "classifier":
@@ -70,6 +77,11 @@ def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
             temperature=meta.get("temperature", 1.0), tta=meta.get("tta", False),
         )  # fmt: skip
     table = pd.DataFrame({"path": [str(p) for p in paths]})
+    if adapt_prevalence and ok:
+        adapted = _adapted(probs[ok], meta, model_dir)
+        probs[ok] = adapted.probs
+        for i, name in enumerate(classes):
+            table[f"batch_prior_{name}"] = adapted.prior[i]
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, i]
     decided = decide(np.nan_to_num(probs), meta.get("threshold"))
@@ -78,6 +90,23 @@ def predict_folder(model_dir: Path, root: Path) -> pd.DataFrame:
     ]
     table["error"] = errors
     return table
+
+
+def _adapted(probs: np.ndarray, meta: dict[str, Any], model_dir: Path) -> label_shift.Adapted:
+    if not meta.get("val_prior"):
+        raise ValueError(
+            f"{model_dir}/meta.json records no val_prior (trained before it was recorded): "
+            "retrain the classifier to adapt predictions to a batch's prevalence"
+        )
+    adapted = label_shift.adapt_to_batch(probs, np.asarray(meta["val_prior"]))
+    log.info(
+        "predict: batch prevalence %s (validation %s), %d EM iterations%s",
+        np.round(adapted.prior, 3).tolist(),
+        np.round(meta["val_prior"], 3).tolist(),
+        adapted.iterations,
+        "" if adapted.converged else ", not converged",
+    )
+    return adapted
 
 
 # ------------------------------------------------------------------------- segmenter
