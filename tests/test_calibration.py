@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.metrics import roc_curve
 
 from radflow.learning import calibration
 
@@ -61,6 +62,16 @@ def test_sensitivity_policy_reaches_the_target_on_validation():
     probs = calibration.softmax(logits)[:, 1]
     thr = calibration.choose_threshold(probs, labels == 1, "sensitivity", 0.95)
     assert (probs[labels == 1] >= thr).mean() >= 0.95
+
+
+def test_specificity_policy_keeps_the_target_and_is_the_most_sensitive_that_does():
+    logits, labels = _overconfident()
+    probs = calibration.softmax(logits)[:, 1]
+    thr = calibration.choose_threshold(probs, labels == 1, "specificity", 0.9)
+    assert (probs[labels == 0] < thr).mean() >= 0.9
+    _, _, candidates = roc_curve(labels == 1, probs)
+    lower = candidates[candidates < thr].max()  # the next ROC point down breaks the target
+    assert (probs[labels == 0] < lower).mean() < 0.9
 
 
 def test_youden_threshold_beats_a_bad_fixed_one():

@@ -37,12 +37,15 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def choose_threshold(
-    positive_probs: np.ndarray, is_positive: np.ndarray, policy: str, target_sensitivity: float
+    positive_probs: np.ndarray, is_positive: np.ndarray, policy: str, target: float
 ) -> float:
     """Probability of the positive class at which to call positive.
 
     youden: maximise sensitivity + specificity - 1; sensitivity: the highest threshold that
-    reaches the target sensitivity on validation; argmax: 0.5.
+    reaches the target sensitivity on validation; specificity: the lowest threshold that
+    keeps the target specificity on validation (the most sensitive one that does; where
+    a validation part cannot show the shift, Youden picks a threshold near the positives
+    and calls the next hospital's normals positive); argmax: 0.5.
     """
     if policy == "argmax" or len(np.unique(is_positive)) < 2:
         return 0.5
@@ -51,7 +54,9 @@ def choose_threshold(
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if policy == "youden":
         return float(thresholds[int(np.argmax(tpr - fpr))])
-    reaching = np.flatnonzero(tpr >= target_sensitivity)
+    if policy == "specificity":  # fpr rises as the threshold falls; index 0 has fpr 0
+        return float(thresholds[np.flatnonzero(1 - fpr >= target)[-1]])
+    reaching = np.flatnonzero(tpr >= target)
     return float(thresholds[reaching[0]]) if len(reaching) else float(thresholds[-1])
 
 

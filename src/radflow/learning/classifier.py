@@ -177,9 +177,8 @@ def decide(logits: np.ndarray, labels: np.ndarray, decision: dict[str, Any]) -> 
     if logits.shape[1] == 2:
         policy = decision["threshold"]
         out["threshold_policy"] = policy
-        out["threshold"] = calibration.choose_threshold(
-            probs[:, 1], labels == 1, policy, decision["target_sensitivity"]
-        )
+        target = decision["target_specificity" if policy == "specificity" else "target_sensitivity"]
+        out["threshold"] = calibration.choose_threshold(probs[:, 1], labels == 1, policy, target)
     return out
 
 
