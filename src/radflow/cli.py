@@ -573,6 +573,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+READS_DICOM = ("ingest", "anonymise", "preprocess", "predict")
+
+
 def _quiet_dicom_reader() -> None:
     """pydicom warns of each invalid header value by printing the value, and a value can name
     a patient: radflow validates what it uses itself (imaging.check_dicom_image), so pydicom
@@ -596,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _quiet_dicom_reader()
+    if args.command in READS_DICOM:  # importing pydicom costs about 0.3 s: only where used
+        _quiet_dicom_reader()
     try:
         wants_params = args.params and getattr(args, "params_loaded", True)
         params = params_mod.load(args.params) if wants_params else None

@@ -834,8 +834,6 @@ def _deidentify_file(
         )
     except AnonymiseError as exc:
         raise _Quarantine(str(exc)) from exc
-    except Exception as exc:  # malformed element values; the message could hold a value
-        raise _Quarantine(f"cannot de-identify: {type(exc).__name__}") from exc
     try:
         data = encode_dataset(ds)
     except Exception as exc:  # the message could hold a value
